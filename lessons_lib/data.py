@@ -1,0 +1,48 @@
+"""The course's offline text sets (data/text/) and fixed token windows cut from them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+TEXT_SETS = {
+    "eval": "held-out evaluation prose: State of the Union addresses 2022-2026 (public domain)",
+    "calib": "calibration prose: State of the Union addresses 1990-2015 (public domain)",
+    "shakespeare": "Hamlet, Macbeth, Twelfth Night, Henry V (public domain)",
+    "python": "Python standard library source (PSF licence)",
+}
+
+
+def load_text(name: str = "eval") -> str:
+    """Return one of the course's text sets by name (see TEXT_SETS)."""
+    if name not in TEXT_SETS:
+        raise ValueError(f"unknown text set {name!r}; choose one of {sorted(TEXT_SETS)}")
+    return (DATA_DIR / "text" / f"{name}.txt").read_text(encoding="utf-8")
+
+
+def token_windows(tokenizer, name: str = "eval", n_windows: int = 8, length: int = 512) -> torch.Tensor:
+    """Cut the text set into n_windows consecutive, non-overlapping windows of `length` tokens."""
+    if n_windows < 1 or length < 2:
+        raise ValueError(f"need n_windows >= 1 and length >= 2, got {n_windows} and {length}")
+    ids = tokenizer(load_text(name), return_tensors="pt").input_ids[0]
+    need = n_windows * length
+    if ids.numel() < need:
+        raise ValueError(
+            f"text set {name!r} has {ids.numel()} tokens, fewer than {n_windows} x {length} = {need}: "
+            f"ask for fewer or shorter windows (at most {ids.numel() // length} of length {length})"
+        )
+    return ids[:need].reshape(n_windows, length)
+
+
+def documents(name: str = "eval", n_docs: int = 4, min_chars: int = 2000) -> list[str]:
+    """Split a text set at paragraph breaks into n_docs documents of at least min_chars characters."""
+    docs, current = [], ""
+    for paragraph in load_text(name).split("\n\n"):
+        current = f"{current}\n\n{paragraph}" if current else paragraph
+        if len(current) >= min_chars:
+            docs.append(current)
+            current = ""
+            if len(docs) == n_docs:
+                return docs
+    raise ValueError(f"text set {name!r} holds fewer than {n_docs} documents of {min_chars} characters")

@@ -1,0 +1,65 @@
+"""Exercise checkers: each expected answer is computed by the course's own tools, never typed in."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from . import hardware as hw
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """A question, how to compute its answer, the accepted relative tolerance, and a hint."""
+
+    question: str
+    expected: Callable[[], float]
+    rel_tol: float
+    hint: str
+
+
+EXERCISES: dict[str, Exercise] = {
+    "00.kv_bytes_8b": Exercise(
+        "Bytes of KV cache per token for Llama-3-8B with an FP16 cache (hardware.LLAMA3_8B).",
+        lambda: hw.LLAMA3_8B.kv_bytes_per_token("fp16"), 1e-6,
+        "K and V (2) x layers x KV heads x head dim x bytes per value; grouped-query attention means KV heads, not query heads.",
+    ),
+    "00.h100_int4_floor_ms": Exercise(
+        "Bandwidth floor in ms per decode step for Llama-3-70B with 4-bit weights (no scales) on one H100 SXM, batch 1, KV cache ignored.",
+        lambda: hw.decode_step_floor_s(hw.gpu("H100 SXM"), 1, hw.weight_bytes(hw.LLAMA3_70B.parameters, "int4")) * 1e3, 0.01,
+        "Every weight byte is read once per step: bytes / datasheet bandwidth. 4-bit is half a byte per weight.",
+    ),
+    "00.h200_fp8_kv_tokens": Exercise(
+        "Tokens of FP16 KV cache that fit beside Llama-3-70B in FP8 on one H200, with 90% of memory usable.",
+        lambda: hw.kv_tokens_that_fit(hw.gpu("H200"), 1, hw.weight_bytes(hw.LLAMA3_70B.parameters, "fp8"),
+                                      hw.LLAMA3_70B.kv_bytes_per_token("fp16")), 0.01,
+        "(0.9 x memory - weight bytes) / KV bytes per token; memory in the table is in GB (1e9 bytes).",
+    ),
+    "00.share_of_180ms": Exercise(
+        "The scenario's 180 ms per token on 2x A100 80GB (FP16, tensor parallel, batch 1, 4096-token context): what fraction of it is the bandwidth floor?",
+        lambda: hw.plan(hw.LLAMA3_70B, "fp16", "A100 80GB", n_gpus=2).step_ms / 180.0, 0.02,
+        "Use hardware.plan(...) for the floor of one decode step in ms, then divide by 180.",
+    ),
+}
+
+
+def check(key: str, answer) -> bool:
+    """Print whether `answer` to exercise `key` is right (with a hint if not); return True when right."""
+    if key not in EXERCISES:
+        raise KeyError(f"unknown exercise {key!r}; known: {sorted(EXERCISES)}")
+    ex = EXERCISES[key]
+    if answer is None:
+        print(f"[{key}] not answered yet. {ex.question}\nHint: {ex.hint}")
+        return False
+    try:
+        value = float(answer)
+    except (TypeError, ValueError):
+        print(f"[{key}] expected a number, got {answer!r}. Hint: {ex.hint}")
+        return False
+    expected = ex.expected()
+    if math.isclose(value, expected, rel_tol=ex.rel_tol):
+        print(f"[{key}] correct.")
+        return True
+    direction = "too high" if value > expected else "too low"
+    print(f"[{key}] not quite: {value:.4g} is {direction}. Hint: {ex.hint}")
+    return False

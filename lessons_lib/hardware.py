@@ -1,0 +1,247 @@
+"""GPU facts and the deployment planner: memory, KV cache, bandwidth floor, roofline, GPUs, cost."""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+GPU_TABLE = Path(__file__).resolve().parent.parent / "data" / "gpus.csv"
+HOURS_PER_MONTH = 730.0  # 365 * 24 / 12
+# Bytes per weight of each storage format, before scales; 4-bit formats pack two weights per byte.
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "nf4": 0.5, "fp4": 0.5}
+# Which tensor-core rate column a format's matmul uses (4-bit weight-only kernels compute in fp16).
+RATE_COLUMN = {"fp32": "fp32_tflops", "fp16": "fp16_tflops", "bf16": "bf16_tflops", "fp8": "fp8_tflops",
+               "int8": "int8_tops", "int4": "int4_tops", "fp4": "fp4_tflops", "nf4": "fp16_tflops"}
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in BYTES_PER_WEIGHT:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(BYTES_PER_WEIGHT)}")
+    return fmt
+
+
+def _check_positive(**values: float) -> None:
+    for name, v in values.items():
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive number, got {v!r}")
+
+
+@dataclass(frozen=True)
+class GPU:
+    """One row of data/gpus.csv: datasheet memory, bandwidth and dense tensor-core rates."""
+
+    name: str
+    architecture: str
+    compute_capability: float
+    memory_gb: float
+    bandwidth_gbs: float
+    rates: dict  # column -> dense TFLOP/s or TOP/s; None where the datasheet lists none
+    tensor_formats: tuple
+    source: str
+    notes: str
+
+    def peak_flops(self, fmt: str) -> float:
+        """Dense peak of the matmul that `fmt` runs on (FLOP/s); error if the datasheet lists none."""
+        rate = self.rates.get(RATE_COLUMN[_check_format(fmt)])
+        if rate is None:
+            raise ValueError(f"{self.name}: the datasheet lists no {RATE_COLUMN[fmt]} rate ({self.notes})")
+        return rate * 1e12
+
+
+@lru_cache(maxsize=1)
+def _rows() -> tuple:
+    with open(GPU_TABLE, newline="") as f:
+        return tuple(csv.DictReader(f))
+
+
+def gpu(name: str) -> GPU:
+    """Look up a GPU of data/gpus.csv by name (case-insensitive)."""
+    rows = {r["name"].lower(): r for r in _rows()}
+    row = rows.get(name.lower())
+    if row is None:
+        raise KeyError(f"unknown GPU {name!r}; the table has {[r['name'] for r in _rows()]}")
+    rates = {k: (float(v) if v else None) for k, v in row.items() if k.endswith(("_tflops", "_tops"))}
+    return GPU(row["name"], row["architecture"], float(row["compute_capability"]), float(row["memory_gb"]),
+               float(row["bandwidth_gbs"]), rates, tuple(row["tensor_formats"].split()), row["source"], row["notes"])
+
+
+def gpu_names() -> list[str]:
+    """Names of every GPU in the table, in table order."""
+    return [r["name"] for r in _rows()]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The shape of a LLaMA-style decoder: enough to count parameters, KV cache and FLOPs."""
+
+    name: str
+    layers: int
+    hidden: int
+    mlp: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied_embeddings: bool = False
+
+    @property
+    def parameters(self) -> int:
+        """Parameter count: attention (q, k, v, o), gated MLP, two norms per layer, embeddings, final norm."""
+        attn = self.hidden * self.head_dim * (2 * self.q_heads + 2 * self.kv_heads)
+        per_layer = attn + 3 * self.hidden * self.mlp + 2 * self.hidden
+        embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+        return self.layers * per_layer + embeddings + self.hidden
+
+    def kv_bytes_per_token(self, fmt: str = "fp16") -> float:
+        """Bytes of K and V cached per token, over all layers."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * BYTES_PER_WEIGHT[_check_format(fmt)]
+
+
+# Shapes from each model's published config.json on the Hugging Face hub.
+LLAMA3_70B = ModelShape("Llama-3-70B", 80, 8192, 28672, 64, 8, 128, 128256)
+LLAMA3_8B = ModelShape("Llama-3-8B", 32, 4096, 14336, 32, 8, 128, 128256)
+SMOLLM2_135M = ModelShape("SmolLM2-135M", 30, 576, 1536, 9, 3, 64, 49152, tied_embeddings=True)
+
+
+def shape_of(model) -> ModelShape:
+    """The ModelShape of a loaded transformers model, read from its config."""
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return ModelShape(getattr(c, "_name_or_path", "model") or "model", c.num_hidden_layers, c.hidden_size,
+                      c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, head_dim, c.vocab_size,
+                      bool(getattr(c, "tie_word_embeddings", False)))
+
+
+def bits_per_weight(fmt: str, group_size: int | None = None, scale_bits: int = 16, zero_bits: int = 0) -> float:
+    """Storage bits per weight including one scale (and zero-point) per group of `group_size` weights."""
+    bits = 8 * BYTES_PER_WEIGHT[_check_format(fmt)]
+    if group_size is None:
+        return bits
+    if not (isinstance(group_size, int) and group_size > 0):
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    return bits + (scale_bits + zero_bits) / group_size
+
+
+def weight_bytes(parameters: float, fmt: str, group_size: int | None = None) -> float:
+    """Bytes to store `parameters` weights in `fmt` (with per-group scales when group_size is given)."""
+    _check_positive(parameters=parameters)
+    return parameters * bits_per_weight(fmt, group_size) / 8
+
+
+def decode_step_floor_s(gpu_: GPU, n_gpus: int, weight_bytes_: float, kv_bytes_read: float = 0.0) -> float:
+    """Least time for one decode step: every weight and every cached K/V byte read once at full bandwidth."""
+    _check_positive(n_gpus=n_gpus, weight_bytes=weight_bytes_)
+    return (weight_bytes_ + kv_bytes_read) / (n_gpus * gpu_.bandwidth_gbs * 1e9)
+
+
+def compute_floor_s(gpu_: GPU, n_gpus: int, parameters: float, tokens: int, fmt: str) -> float:
+    """Least time for the matmuls of `tokens` tokens (2 FLOPs per weight per token) at dense peak."""
+    _check_positive(n_gpus=n_gpus, parameters=parameters, tokens=tokens)
+    return 2 * parameters * tokens / (n_gpus * gpu_.peak_flops(fmt))
+
+
+def gemm_intensity(m: int, n: int, k: int, weight_fmt: str = "fp16", act_bytes: float = 2.0) -> float:
+    """Arithmetic intensity (FLOP per byte moved) of [m,k] @ [k,n]: weights, inputs and outputs read or written once."""
+    _check_positive(m=m, n=n, k=k)
+    moved = k * n * BYTES_PER_WEIGHT[_check_format(weight_fmt)] + (m * k + m * n) * act_bytes
+    return 2 * m * n * k / moved
+
+
+def roofline_flops(gpu_: GPU, fmt: str, intensity: float) -> float:
+    """Attainable FLOP/s at a given arithmetic intensity: min(peak, bandwidth x intensity)."""
+    _check_positive(intensity=intensity)
+    return min(gpu_.peak_flops(fmt), gpu_.bandwidth_gbs * 1e9 * intensity)
+
+
+def ridge_point(gpu_: GPU, fmt: str) -> float:
+    """Arithmetic intensity (FLOP/byte) above which `fmt` matmuls on this GPU are compute-bound."""
+    return gpu_.peak_flops(fmt) / (gpu_.bandwidth_gbs * 1e9)
+
+
+def gpus_needed(total_bytes: float, gpu_: GPU, usable_fraction: float = 0.9) -> int:
+    """Smallest number of GPUs whose usable memory holds `total_bytes` (vLLM reserves 10% by default)."""
+    _check_positive(total_bytes=total_bytes, usable_fraction=usable_fraction)
+    return math.ceil(total_bytes / (gpu_.memory_gb * 1e9 * usable_fraction))
+
+
+def kv_tokens_that_fit(gpu_: GPU, n_gpus: int, weight_bytes_: float, kv_bytes_per_token: float,
+                       usable_fraction: float = 0.9) -> int:
+    """How many tokens of KV cache fit beside the weights (0 if the weights alone do not fit)."""
+    _check_positive(n_gpus=n_gpus, weight_bytes=weight_bytes_, kv_bytes_per_token=kv_bytes_per_token)
+    free = n_gpus * gpu_.memory_gb * 1e9 * usable_fraction - weight_bytes_
+    return max(0, int(free // kv_bytes_per_token))
+
+
+def cost_per_month(n_gpus: int, usd_per_gpu_hour: float) -> float:
+    """Dollars per month for n_gpus running around the clock."""
+    _check_positive(n_gpus=n_gpus, usd_per_gpu_hour=usd_per_gpu_hour)
+    return n_gpus * usd_per_gpu_hour * HOURS_PER_MONTH
+
+
+def cost_per_million_tokens(n_gpus: int, usd_per_gpu_hour: float, tokens_per_s: float) -> float:
+    """Dollars per million generated tokens when the deployment produces tokens_per_s all the time."""
+    _check_positive(n_gpus=n_gpus, usd_per_gpu_hour=usd_per_gpu_hour, tokens_per_s=tokens_per_s)
+    return n_gpus * usd_per_gpu_hour / (tokens_per_s * 3600) * 1e6
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one deployment (model, format, GPU, count, batch, context) costs and can do at best."""
+
+    model: str
+    fmt: str
+    gpu: str
+    n_gpus: int
+    batch: int
+    context: int
+    weights_gb: float
+    kv_gb: float
+    fits: bool
+    kv_tokens_free: int
+    step_ms: float
+    bound: str
+    tokens_per_s: float
+    usd_per_month: float
+    usd_per_million_tokens: float
+
+
+def plan(shape: ModelShape, fmt: str, gpu_name: str, n_gpus: int | None = None, batch: int = 1,
+         context: int = 4096, kv_fmt: str = "fp16", usd_per_gpu_hour: float = 2.0,
+         usable_fraction: float = 0.9, group_size: int | None = None) -> Plan:
+    """Best case for one deployment: memory, fit, decode-step floor (bandwidth or compute), tokens/s, cost.
+
+    n_gpus=None picks the fewest GPUs that hold weights plus the KV cache of `batch` sequences of `context`
+    tokens. The floor assumes perfect tensor parallelism and full datasheet bandwidth: real kernels reach less.
+    """
+    _check_positive(batch=batch, context=context)
+    g = gpu(gpu_name)
+    w = weight_bytes(shape.parameters, fmt, group_size)
+    kv = batch * context * shape.kv_bytes_per_token(kv_fmt)
+    n = n_gpus if n_gpus is not None else gpus_needed(w + kv, g, usable_fraction)
+    mem_s = decode_step_floor_s(g, n, w, kv)
+    try:
+        cmp_s = compute_floor_s(g, n, shape.parameters, batch, fmt)
+    except ValueError:  # no tensor-core rate listed for this format: the bandwidth floor is all we can say
+        cmp_s = 0.0
+    step = max(mem_s, cmp_s)
+    tps = batch / step
+    return Plan(shape.name, fmt, g.name, n, batch, context, w / 1e9, kv / 1e9,
+                w + kv <= n * g.memory_gb * 1e9 * usable_fraction,
+                kv_tokens_that_fit(g, n, w, shape.kv_bytes_per_token(kv_fmt), usable_fraction),
+                step * 1e3, "memory" if mem_s >= cmp_s else "compute", tps,
+                cost_per_month(n, usd_per_gpu_hour), cost_per_million_tokens(n, usd_per_gpu_hour, tps))
+
+
+def max_batch(shape: ModelShape, fmt: str, gpu_name: str, n_gpus: int, context: int = 4096,
+              latency_ms: float = 50.0, kv_fmt: str = "fp16", limit: int = 4096) -> int:
+    """Largest batch whose KV cache fits and whose decode-step floor stays within latency_ms (0 if none)."""
+    _check_positive(latency_ms=latency_ms)
+    best = 0
+    for batch in range(1, limit + 1):
+        p = plan(shape, fmt, gpu_name, n_gpus=n_gpus, batch=batch, context=context, kv_fmt=kv_fmt)
+        if not p.fits or p.step_ms > latency_ms:
+            break
+        best = batch
+    return best

@@ -1,0 +1,20 @@
+"""Shared test set-up: offline hub, and a per-notebook time summary (for the README timing table)."""
+import os
+from collections import defaultdict
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the course never needs the hub; never wait on it in tests
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+_durations: dict = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    path = report.nodeid.split("::")[0]
+    _durations[path if path.endswith(".ipynb") else "unit tests"] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _durations:
+        terminalreporter.section("time per notebook (s)")
+        for path, seconds in sorted(_durations.items()):
+            terminalreporter.write_line(f"{seconds:8.1f}  {path}")

@@ -1,0 +1,51 @@
+import subprocess
+import sys
+
+import pytest
+
+from lessons_lib import data
+
+ROOT = data.DATA_DIR.parent
+
+
+class CharTokenizer:
+    """A stand-in tokenizer (one id per character) so these tests need no model."""
+
+    def __call__(self, text, return_tensors=None):
+        import torch
+
+        ids = torch.tensor([[ord(c) % 1000 for c in text]])
+        return type("Enc", (), {"input_ids": ids})()
+
+
+def test_text_sets_exist_and_are_small():
+    total = sum((data.DATA_DIR / "text" / f"{n}.txt").stat().st_size for n in data.TEXT_SETS)
+    assert total < 5e6
+    for name in data.TEXT_SETS:
+        assert len(data.load_text(name)) > 100_000
+
+
+def test_eval_and_calibration_do_not_overlap():
+    ev, cal = data.load_text("eval"), data.load_text("calib")
+    assert all(p not in cal for p in ev.split("\n\n")[:50] if len(p) > 200)
+
+
+def test_token_windows_shape_and_errors():
+    w = data.token_windows(CharTokenizer(), "eval", 4, 100)
+    assert w.shape == (4, 100)
+    with pytest.raises(ValueError, match="fewer than"):
+        data.token_windows(CharTokenizer(), "eval", 10_000, 512)
+    with pytest.raises(ValueError, match="unknown text set"):
+        data.load_text("wikitext")
+    with pytest.raises(ValueError, match="n_windows >= 1"):
+        data.token_windows(CharTokenizer(), "eval", 0, 512)
+
+
+def test_documents():
+    docs = data.documents("calib", n_docs=3, min_chars=1000)
+    assert len(docs) == 3 and all(len(d) >= 1000 for d in docs)
+
+
+def test_text_sets_rebuild_identically():
+    """data/build_text.py run again from the registry packages gives the committed files."""
+    subprocess.run([sys.executable, str(ROOT / "data" / "build_text.py"), "--check"], check=True)

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from lessons_lib import data, evaluate, hardware, models
+
+
+@pytest.fixture(scope="module")
+def offline():
+    return models.load_model()
+
+
+def test_offline_model_is_the_real_smollm2(offline):
+    model, tokenizer = offline
+    facts = models.describe(model)
+    assert facts["parameters"] == hardware.SMOLLM2_135M.parameters
+    assert (facts["layers"], facts["hidden"], facts["kv_heads"], facts["vocab"]) == (30, 576, 3, 49152)
+    assert hardware.shape_of(model).parameters == facts["parameters"]
+
+
+def test_offline_model_is_trained(offline):
+    """A trained model predicts held-out prose far better than chance (ln 49152 = 10.8 nats)."""
+    model, tokenizer = offline
+    ppl = evaluate.perplexity(model, data.token_windows(tokenizer, "eval", 2, 256), progress=False)
+    assert 10 < ppl < 40
+
+
+def test_linear_weights_sit_on_the_q4_1_grid(offline):
+    weights = models.linear_weights(offline[0])
+    assert len(weights) == 30 * 7
+    assert models.q4_1_grid_fraction(weights["model.layers.5.mlp.down_proj"]) == 1.0
+    assert models.q4_1_grid_fraction(torch.randn(64, 64)) == 0.0
+    with pytest.raises(ValueError, match="not a multiple of block"):
+        models.q4_1_grid_fraction(torch.randn(4, 48))
+
+
+def test_cache_dir_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("QHT_CACHE", str(tmp_path))
+    assert models.cache_dir() == tmp_path
+
+
+def test_uncached_hub_model_offline_gives_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="not in the local Hugging Face cache"):
+        models.load_model("HuggingFaceTB/SmolLM2-360M-not-cached")
+
+
+def test_gpu_request_without_gpu_is_clear():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        models.resolve_device("cuda")
