@@ -1,4 +1,4 @@
-"""Shared test set-up: offline hub, and a per-notebook time summary (for the README timing table)."""
+"""pytest set-up for unit tests and notebooks: offline hub, and a time summary per notebook (for the README)."""
 import os
 from collections import defaultdict
 

@@ -1,0 +1,149 @@
+"""Affine quantization with round-to-nearest: scales, zero-points, granularity, and the model-wide swap."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from .models import linear_weights
+
+GRANULARITIES = ("tensor", "channel", "token", "group")  # channel: per output row of a weight; token: per row of activations
+
+
+def check_float(x: torch.Tensor, name: str = "tensor") -> torch.Tensor:
+    """Refuse integer tensors and tensors holding NaN or Inf, with a message that says what to do."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x))}: use .float()")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} holds NaN or Inf: find where it came from (overflow in fp16?) before quantizing")
+    return x
+
+
+def check_bits(bits: int, symmetric: bool) -> None:
+    """Bits must be an integer in 1..16 (2..16 for a symmetric grid, which needs a sign)."""
+    low = 2 if symmetric else 1
+    if not (isinstance(bits, int) and low <= bits <= 16):
+        raise ValueError(f"bits must be an integer in {low}..16 for a {'symmetric' if symmetric else 'asymmetric'} grid, got {bits!r}")
+
+
+def divisors_hint(n: int) -> list[int]:
+    """Group sizes (multiples of 16) that divide n."""
+    return [g for g in range(16, n + 1, 16) if n % g == 0]
+
+
+def _rows(x: torch.Tensor, granularity: str, group_size: int | None) -> torch.Tensor:
+    """Reshape so that each row shares one scale."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
+    if granularity == "tensor":
+        return x.reshape(1, -1)
+    if x.dim() != 2:
+        raise ValueError(f"{granularity} granularity needs a 2-D tensor [rows, columns], got shape {tuple(x.shape)}")
+    if granularity != "group":
+        return x
+    if not (isinstance(group_size, int) and group_size > 0):
+        raise ValueError(f"granularity='group' needs a positive integer group_size, got {group_size!r}")
+    if x.shape[1] % group_size:
+        raise ValueError(f"group_size {group_size} does not divide the input dimension {x.shape[1]} "
+                         f"(shape {tuple(x.shape)}); sizes that do: {divisors_hint(x.shape[1])}")
+    return x.reshape(-1, group_size)
+
+
+@dataclass
+class Quantized:
+    """Integer codes with their scale and zero-point per row of `rows` (see _rows), and the float reconstruction."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    dequantized: torch.Tensor
+
+
+def quantize_rtn(x: torch.Tensor, bits: int = 8, granularity: str = "tensor", group_size: int | None = None,
+                 symmetric: bool = True, clip: float = 1.0) -> Quantized:
+    """Round-to-nearest affine quantization: q = clamp(round(x / scale) + zero), x_hat = (q - zero) * scale.
+
+    Symmetric: zero = 0, scale = absmax / (2**(bits-1) - 1). Asymmetric: codes 0..2**bits - 1 span [min, max]
+    (widened to include 0). clip < 1 shrinks the range, trading clipped outliers for a finer step.
+    """
+    check_float(x)
+    check_bits(bits, symmetric)
+    if not 0 < clip <= 1:
+        raise ValueError(f"clip must be in (0, 1], got {clip}")
+    rows = _rows(x.float(), granularity, group_size)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1  # restricted range +-qmax: zero sits exactly in the middle
+        qmin = -qmax
+        scale = rows.abs().amax(1, keepdim=True) * clip / qmax
+        zero = torch.zeros_like(scale)
+    else:
+        qmin, qmax = 0, 2**bits - 1
+        lo, hi = rows.amin(1, keepdim=True) * clip, rows.amax(1, keepdim=True) * clip
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)  # keep 0 exactly representable (padding, ReLU zeros)
+        scale = (hi - lo) / qmax
+        zero = torch.round(-lo / scale.clamp_min(1e-12))
+    scale = scale.clamp_min(1e-12)  # an all-zero row gets a tiny scale instead of a division by zero
+    q = torch.clamp(torch.round(rows / scale) + zero, qmin, qmax)
+    return Quantized(q.to(torch.int32), scale, zero, ((q - zero) * scale).reshape(x.shape).to(x.dtype))
+
+
+def fake_quant(x: torch.Tensor, bits: int = 8, granularity: str = "tensor", group_size: int | None = None,
+               symmetric: bool = True) -> torch.Tensor:
+    """x quantized and dequantized again: the values the integer codes stand for."""
+    return quantize_rtn(x, bits, granularity, group_size, symmetric).dequantized
+
+
+def bits_per_weight(bits: int, granularity: str, shape: tuple, group_size: int | None = None,
+                    symmetric: bool = True, scale_bits: int = 16) -> float:
+    """Storage per weight: the code plus every scale (16-bit) and zero-point (`bits` bits) it shares."""
+    rows, cols = shape
+    n_scales = {"tensor": 1, "channel": rows, "token": rows}.get(granularity)
+    if n_scales is None:
+        _rows(torch.empty(shape), granularity, group_size)  # validates the group size
+        n_scales = rows * cols // group_size
+    per_scale = scale_bits + (0 if symmetric else bits)
+    return bits + n_scales * per_scale / (rows * cols)
+
+
+def error_stats(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
+    """Mean squared error, worst absolute error, and MSE relative to the tensor's mean square."""
+    err = (x.float() - x_hat.float())
+    mse = err.pow(2).mean().item()
+    return {"mse": mse, "max_abs": err.abs().max().item(), "rel_mse": mse / x.float().pow(2).mean().item()}
+
+
+@contextmanager
+def quantized_weights(model, bits: int, granularity: str = "channel", group_size: int | None = None,
+                      symmetric: bool = True, names: list[str] | None = None):
+    """Within the block, the decoder's linear weights (or only `names`) hold their RTN-quantized values."""
+    weights = linear_weights(model)
+    chosen = weights if names is None else {n: weights[n] for n in names}
+    saved = {n: w.data.clone() for n, w in chosen.items()}
+    try:
+        for w in chosen.values():
+            w.data = fake_quant(w.data, bits, granularity, group_size, symmetric)
+        yield model
+    finally:
+        for n, w in chosen.items():
+            w.data = saved[n]
+
+
+@contextmanager
+def quantized_activations(model, bits: int = 8, granularity: str = "token", symmetric: bool = True):
+    """Within the block, every decoder linear layer sees its input RTN-quantized (per tensor or per token)."""
+    if granularity not in ("tensor", "token"):
+        raise ValueError(f"activations are quantized per 'tensor' or per 'token', got {granularity!r}")
+    modules = dict(model.named_modules())
+
+    def hook(_module, args):
+        x = args[0]
+        flat = x.reshape(-1, x.shape[-1])
+        return (fake_quant(flat, bits, granularity, None, symmetric).reshape(x.shape),) + args[1:]
+
+    handles = [modules[n].register_forward_pre_hook(hook) for n in linear_weights(model)]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
