@@ -5,6 +5,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from . import formats
 from . import hardware as hw
 
 
@@ -39,6 +40,22 @@ EXERCISES: dict[str, Exercise] = {
         "The scenario's 180 ms per token on 2x A100 80GB (FP16, tensor parallel, batch 1, 4096-token context): what fraction of it is the bandwidth floor?",
         lambda: hw.plan(hw.LLAMA3_70B, "fp16", "A100 80GB", n_gpus=2).step_ms / 180.0, 0.02,
         "Use hardware.plan(...) for the floor of one decode step in ms, then divide by 180.",
+    ),
+    "01.e5m2_max": Exercise(
+        "The largest finite value of FP8 E5M2.",
+        lambda: formats.get("fp8_e5m2").max_finite, 1e-9,
+        "E5M2 is IEEE-style: the all-ones exponent is Inf/NaN, so the top finite exponent is 30 - bias 15; "
+        "the mantissa is 1.11 in binary.",
+    ),
+    "01.e4m3_finite_values": Exercise(
+        "The number of distinct finite values of FP8 E4M3FN (+0 and -0 counted once).",
+        lambda: formats.get("fp8_e4m3").n_finite, 0,
+        "256 patterns; in the fn variant only S.1111.111 is NaN (two patterns); +0 and -0 are one value.",
+    ),
+    "01.fp16_min_subnormal": Exercise(
+        "The smallest positive FP16 value.",
+        lambda: formats.get("fp16").min_subnormal, 1e-9,
+        "A subnormal has exponent field 0 (exponent 1 - bias) and only the last mantissa bit set: 2**(1-15-10).",
     ),
 }
 
