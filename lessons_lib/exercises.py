@@ -5,7 +5,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 from . import formats
+from . import quantize
 from . import hardware as hw
 
 
@@ -56,6 +59,21 @@ EXERCISES: dict[str, Exercise] = {
         "The smallest positive FP16 value.",
         lambda: formats.get("fp16").min_subnormal, 1e-9,
         "A subnormal has exponent field 0 (exponent 1 - bias) and only the last mantissa bit set: 2**(1-15-10).",
+    ),
+    "02.bpw_asym_g64": Exercise(
+        "Bits per weight of 4-bit asymmetric quantization in groups of 64, with a 16-bit scale and a 4-bit zero-point per group.",
+        lambda: quantize.bits_per_weight(4, "group", (64, 64), 64, symmetric=False), 1e-9,
+        "4 bits of code, plus (16 + 4) bits shared by the 64 weights of a group.",
+    ),
+    "02.int8_step": Exercise(
+        "The step (scale) of symmetric INT8 with one scale per tensor, for a tensor whose largest |value| is 6.35.",
+        lambda: quantize.quantize_rtn(torch.tensor([6.35, -1.0]), 8, "tensor").scale.item(), 1e-5,
+        "Symmetric INT8 uses codes -127..127: the largest |value| maps to 127.",
+    ),
+    "02.int8_worst_error": Exercise(
+        "The largest rounding error any value of that tensor (largest |value| 6.35, symmetric INT8 per tensor) can have.",
+        lambda: quantize.quantize_rtn(torch.tensor([6.35, -1.0]), 8, "tensor").scale.item() / 2, 1e-5,
+        "Round-to-nearest is off by at most half a step.",
     ),
 }
 

@@ -61,22 +61,32 @@ class Quantized:
 
 
 def quantize_rtn(x: torch.Tensor, bits: int = 8, granularity: str = "tensor", group_size: int | None = None,
-                 symmetric: bool = True, clip: float = 1.0) -> Quantized:
+                 symmetric: bool = True, clip: float = 1.0, float_offset: bool = False) -> Quantized:
     """Round-to-nearest affine quantization: q = clamp(round(x / scale) + zero), x_hat = (q - zero) * scale.
 
     Symmetric: zero = 0, scale = absmax / (2**(bits-1) - 1). Asymmetric: codes 0..2**bits - 1 span [min, max]
-    (widened to include 0). clip < 1 shrinks the range, trading clipped outliers for a finer step.
+    (widened to include 0) with an integer zero-point, as GPTQ and AWQ store it. float_offset=True instead
+    keeps the row minimum itself as a float offset, x_hat = q * scale + min, as GGUF's Q4_1 stores it.
+    clip < 1 shrinks the range, trading clipped outliers for a finer step.
     """
     check_float(x)
     check_bits(bits, symmetric)
     if not 0 < clip <= 1:
         raise ValueError(f"clip must be in (0, 1], got {clip}")
+    if symmetric and float_offset:
+        raise ValueError("float_offset applies to asymmetric grids only: pass symmetric=False")
     rows = _rows(x.float(), granularity, group_size)
     if symmetric:
         qmax = 2 ** (bits - 1) - 1  # restricted range +-qmax: zero sits exactly in the middle
         qmin = -qmax
         scale = rows.abs().amax(1, keepdim=True) * clip / qmax
         zero = torch.zeros_like(scale)
+    elif float_offset:
+        qmax = 2**bits - 1
+        lo, hi = rows.amin(1, keepdim=True), rows.amax(1, keepdim=True)
+        scale = ((hi - lo) * clip / qmax).clamp_min(1e-12)
+        q = torch.clamp(torch.round((rows - lo) / scale), 0, qmax)
+        return Quantized(q.to(torch.int32), scale, lo, (q * scale + lo).reshape(x.shape).to(x.dtype))
     else:
         qmin, qmax = 0, 2**bits - 1
         lo, hi = rows.amin(1, keepdim=True) * clip, rows.amax(1, keepdim=True) * clip
@@ -89,20 +99,20 @@ def quantize_rtn(x: torch.Tensor, bits: int = 8, granularity: str = "tensor", gr
 
 
 def fake_quant(x: torch.Tensor, bits: int = 8, granularity: str = "tensor", group_size: int | None = None,
-               symmetric: bool = True) -> torch.Tensor:
+               symmetric: bool = True, float_offset: bool = False) -> torch.Tensor:
     """x quantized and dequantized again: the values the integer codes stand for."""
-    return quantize_rtn(x, bits, granularity, group_size, symmetric).dequantized
+    return quantize_rtn(x, bits, granularity, group_size, symmetric, float_offset=float_offset).dequantized
 
 
 def bits_per_weight(bits: int, granularity: str, shape: tuple, group_size: int | None = None,
-                    symmetric: bool = True, scale_bits: int = 16) -> float:
-    """Storage per weight: the code plus every scale (16-bit) and zero-point (`bits` bits) it shares."""
+                    symmetric: bool = True, scale_bits: int = 16, float_offset: bool = False) -> float:
+    """Storage per weight: the code plus every scale (16-bit) and zero-point (`bits` bits, or a 16-bit offset) it shares."""
     rows, cols = shape
     n_scales = {"tensor": 1, "channel": rows, "token": rows}.get(granularity)
     if n_scales is None:
         _rows(torch.empty(shape), granularity, group_size)  # validates the group size
         n_scales = rows * cols // group_size
-    per_scale = scale_bits + (0 if symmetric else bits)
+    per_scale = scale_bits + (0 if symmetric else 16 if float_offset else bits)
     return bits + n_scales * per_scale / (rows * cols)
 
 
@@ -115,14 +125,14 @@ def error_stats(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
 
 @contextmanager
 def quantized_weights(model, bits: int, granularity: str = "channel", group_size: int | None = None,
-                      symmetric: bool = True, names: list[str] | None = None):
+                      symmetric: bool = True, names: list[str] | None = None, float_offset: bool = False):
     """Within the block, the decoder's linear weights (or only `names`) hold their RTN-quantized values."""
     weights = linear_weights(model)
     chosen = weights if names is None else {n: weights[n] for n in names}
     saved = {n: w.data.clone() for n, w in chosen.items()}
     try:
         for w in chosen.values():
-            w.data = fake_quant(w.data, bits, granularity, group_size, symmetric)
+            w.data = fake_quant(w.data, bits, granularity, group_size, symmetric, float_offset)
         yield model
     finally:
         for n, w in chosen.items():

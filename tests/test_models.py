@@ -49,3 +49,44 @@ def test_gpu_request_without_gpu_is_clear():
         pytest.skip("this machine has a GPU")
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         models.resolve_device("cuda")
+
+
+def test_quantized_weights_swap_and_restore(offline):
+    from lessons_lib import quantize as Q
+
+    model, _ = offline
+    name = "model.layers.3.mlp.up_proj"
+    before = models.linear_weights(model)[name].detach().clone()
+    with Q.quantized_weights(model, 4, "group", 64, names=[name]):
+        inside = models.linear_weights(model)[name].detach()
+        assert not torch.equal(inside, before)
+        assert max(row.unique().numel() for row in inside.reshape(-1, 64)) <= 15  # symmetric 4-bit: 15 levels
+    assert torch.equal(models.linear_weights(model)[name], before)
+
+
+def test_q4_1_layout_is_reproduced_only_with_a_float_offset(offline):
+    from lessons_lib import quantize as Q
+
+    w = models.linear_weights(offline[0])["model.layers.7.self_attn.o_proj"].detach()
+    exact = Q.fake_quant(w, 4, "group", 32, symmetric=False, float_offset=True)
+    assert (exact - w).abs().max() < 1e-5
+    assert (Q.fake_quant(w, 4, "group", 32, symmetric=False) - w).abs().max() > 1e-3
+
+
+def test_activation_capture_and_quantization_hooks(offline):
+    from lessons_lib import activations
+    from lessons_lib import quantize as Q
+
+    model, tokenizer = offline
+    windows = data.token_windows(tokenizer, "eval", 1, 64)
+    acts = activations.capture_inputs(model, ["model.layers.0.mlp.down_proj"], windows)
+    assert acts["model.layers.0.mlp.down_proj"].shape == (64, 1536)
+    with pytest.raises(KeyError, match="no modules named"):
+        activations.capture_inputs(model, ["model.layers.99.mlp"], windows)
+    base = evaluate.perplexity(model, windows, progress=False)
+    with Q.quantized_activations(model, 8, "token"):
+        assert evaluate.perplexity(model, windows, progress=False) != base
+    assert evaluate.perplexity(model, windows, progress=False) == base  # hooks removed
+    with pytest.raises(ValueError, match="per 'tensor' or per 'token'"):
+        with Q.quantized_activations(model, 8, "group"):
+            pass
