@@ -12,3 +12,105 @@ def nf4_levels() -> torch.Tensor:
     negative = -torch.special.ndtri(torch.linspace(offset, 0.5, 8, dtype=torch.float64)[:-1])
     levels = torch.cat([positive, negative, torch.zeros(1, dtype=torch.float64)])
     return torch.sort(levels / levels.max()).values
+
+
+BNB_QUANT_TYPES = ("nf4", "fp4")
+BNB_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def check_bnb_4bit(quant_type: str, blocksize: int) -> None:
+    """Refuse 4-bit settings that bitsandbytes does not implement, naming the ones it does."""
+    if quant_type not in BNB_QUANT_TYPES:
+        raise ValueError(f"bitsandbytes 4-bit quant_type must be one of {BNB_QUANT_TYPES}, got {quant_type!r}")
+    if blocksize not in BNB_BLOCKSIZES:
+        raise ValueError(f"bitsandbytes 4-bit blocksize must be one of {BNB_BLOCKSIZES}, got {blocksize!r}")
+
+
+def bnb_levels(quant_type: str) -> torch.Tensor:
+    """The 16 levels bitsandbytes itself uses for nf4 or fp4, ascending (read from the library)."""
+    import bitsandbytes.functional as bnbf
+
+    check_bnb_4bit(quant_type, 64)
+    return bnbf.get_4bit_type(quant_type, device="cpu").double().sort().values
+
+
+def int4_levels() -> torch.Tensor:
+    """Symmetric INT4 on [-1, 1]: k/7 for k = -7..7 (15 levels, zero exact)."""
+    return torch.arange(-7, 8, dtype=torch.float64) / 7
+
+
+def fp4_e2m1_levels() -> torch.Tensor:
+    """The OCP FP4 E2M1 values (0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives) scaled to [-1, 1]."""
+    from .formats import get
+
+    return torch.unique(get("fp4_e2m1").values()) / 6
+
+
+def _blocks(w: torch.Tensor, block: int) -> torch.Tensor:
+    from .quantize import check_float
+
+    check_float(w, "weight")
+    if w.numel() % block:
+        raise ValueError(f"{w.numel()} values do not split into blocks of {block}: choose a block size that divides it")
+    return w.detach().double().reshape(-1, block)
+
+
+def quantize_codebook(w: torch.Tensor, levels: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """Blockwise absmax scaling, then each value to the nearest codebook level (as bitsandbytes does)."""
+    if levels.dim() != 1 or not (levels.min() >= -1 and levels.max() <= 1):
+        raise ValueError("levels must be a 1-D tensor of values in [-1, 1]")
+    rows = _blocks(w, block)
+    absmax = rows.abs().amax(1, keepdim=True).clamp_min(1e-12)
+    levels = levels.to(rows).sort().values
+    idx = torch.bucketize(rows / absmax, (levels[1:] + levels[:-1]) / 2)  # nearest level = between midpoints
+    return (levels[idx] * absmax).reshape(w.shape).to(w.dtype)
+
+
+def normalized_blocks(w: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """All values divided by their block's absmax: the data a 4-bit codebook has to represent."""
+    rows = _blocks(w, block)
+    return (rows / rows.abs().amax(1, keepdim=True).clamp_min(1e-12)).flatten()
+
+
+def lloyd_max(samples: torch.Tensor, n_levels: int = 16, iters: int = 60, max_samples: int = 2_000_000) -> torch.Tensor:
+    """The MSE-optimal codebook for `samples` (1-D k-means / Lloyd-Max), started from evenly spaced quantiles."""
+    x = samples.detach().double().flatten()
+    x = x[:: max(1, x.numel() // max_samples)]  # a regular subsample keeps the fit fast
+    if x.numel() < n_levels:
+        raise ValueError(f"need at least {n_levels} samples to fit {n_levels} levels, got {x.numel()}")
+    levels = torch.quantile(x[:: max(1, x.numel() // 1_000_000)], torch.linspace(0.01, 0.99, n_levels, dtype=torch.float64))
+    for _ in range(iters):
+        edges = (levels[1:] + levels[:-1]) / 2
+        idx = torch.bucketize(x, edges)
+        sums = torch.zeros(n_levels, dtype=torch.float64).index_add_(0, idx, x)
+        counts = torch.bincount(idx, minlength=n_levels).double()
+        levels = torch.where(counts > 0, sums / counts.clamp_min(1), levels)
+    return levels
+
+
+def bnb_roundtrip(w: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64, double_quant: bool = False):
+    """Quantize with bitsandbytes' real kernel and dequantize again; return (reconstruction, quant_state, packed)."""
+    import bitsandbytes.functional as bnbf
+
+    check_bnb_4bit(quant_type, blocksize)
+    packed, state = bnbf.quantize_4bit(w.detach().float().contiguous(), blocksize=blocksize, quant_type=quant_type,
+                                        compress_statistics=double_quant)
+    return bnbf.dequantize_4bit(packed, state).reshape(w.shape), state, packed
+
+
+def bits_per_param(blocksize: int = 64, double_quant: bool = False, block2: int = 256) -> float:
+    """4 bits per weight plus its share of the block scales: fp32 absmax, or 8-bit absmax + fp32 per 256 of them."""
+    if not double_quant:
+        return 4 + 32 / blocksize
+    return 4 + 8 / blocksize + 32 / (blocksize * block2)
+
+
+def measured_bits_per_param(packed: torch.Tensor, state) -> float:
+    """Bits per weight counted from what bitsandbytes actually stores (packed codes, scales, nested scales, offset)."""
+    n_bytes = packed.numel() * packed.element_size() + state.absmax.numel() * state.absmax.element_size()
+    if state.nested:
+        n_bytes += state.state2.absmax.numel() * state.state2.absmax.element_size() + state.offset.element_size()
+    n_weights = 1
+    for d in state.shape:
+        n_weights *= d
+    return 8 * n_bytes / n_weights

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from . import formats
+from . import codebooks, formats
 from . import quantize
 from . import hardware as hw
 
@@ -74,6 +74,21 @@ EXERCISES: dict[str, Exercise] = {
         "The largest rounding error any value of that tensor (largest |value| 6.35, symmetric INT8 per tensor) can have.",
         lambda: quantize.quantize_rtn(torch.tensor([6.35, -1.0]), 8, "tensor").scale.item() / 2, 1e-5,
         "Round-to-nearest is off by at most half a step.",
+    ),
+    "03.bpp_dq": Exercise(
+        "Bits per parameter of NF4 in blocks of 64 with double quantization (8-bit absmax in blocks of 256, one fp32 scale each).",
+        lambda: codebooks.bits_per_param(64, double_quant=True), 1e-6,
+        "4 bits of code + 8 bits of absmax per 64 weights + 32 bits per 256 absmax values.",
+    ),
+    "03.bpp_block128": Exercise(
+        "Bits per parameter of NF4 in blocks of 128, without double quantization.",
+        lambda: codebooks.bits_per_param(128, double_quant=False), 1e-6,
+        "4 bits of code + one fp32 absmax per 128 weights.",
+    ),
+    "03.gb_70b_nf4_dq": Exercise(
+        "GB (1e9 bytes) for all of Llama-3-70B's parameters in NF4, blocks of 64, with double quantization.",
+        lambda: hw.LLAMA3_70B.parameters * codebooks.bits_per_param(64, double_quant=True) / 8 / 1e9, 0.005,
+        "parameters x bits per parameter / 8 bytes; hardware.LLAMA3_70B.parameters has the count.",
     ),
 }
 

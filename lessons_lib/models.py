@@ -74,8 +74,12 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
 
 
-def load_model(model_id: str | None = None, dtype: torch.dtype = torch.float32, device: str | None = "cpu"):
-    """Return (model, tokenizer): the offline model by default, or a hub id (also via $QHT_MODEL)."""
+def load_model(model_id: str | None = None, dtype: torch.dtype = torch.float32, device: str | None = "cpu",
+               quantization_config=None):
+    """Return (model, tokenizer): the offline model by default, or a hub id (also via $QHT_MODEL).
+
+    quantization_config (e.g. transformers' BitsAndBytesConfig) loads the weights through that toolkit.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -90,10 +94,11 @@ def load_model(model_id: str | None = None, dtype: torch.dtype = torch.float32, 
             raise OSError(f"Could not load {model_id!r}: {_NOT_CACHED}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        extra = {} if quantization_config is None else {"quantization_config": quantization_config, "device_map": str(dev)}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
     except OSError as err:
         raise OSError(f"Could not load {model_id!r}: {_NOT_CACHED} Original error: {err}") from err
-    return model.to(dev).eval(), tokenizer
+    return (model if quantization_config is not None else model.to(dev)).eval(), tokenizer
 
 
 def describe(model) -> dict:
@@ -110,6 +115,27 @@ def describe(model) -> dict:
         "tied_embeddings": bool(getattr(c, "tie_word_embeddings", False)),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+
+
+def storage_bytes(model) -> int:
+    """Bytes the model really stores: every parameter and buffer, plus the scales of packed 4-bit weights."""
+    total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        if state is not None:  # bitsandbytes keeps the block scales outside the parameter
+            total += state.absmax.numel() * state.absmax.element_size()
+            if state.nested:
+                total += state.state2.absmax.numel() * state.state2.absmax.element_size()
+    return total
+
+
+def logical_parameters(model) -> int:
+    """Parameter count as the architecture defines it (a packed 4-bit tensor holds two weights per byte)."""
+    total = 0
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        total += int(torch.Size(state.shape).numel()) if state is not None else p.numel()
+    return total
 
 
 def linear_weights(model) -> dict:

@@ -124,19 +124,24 @@ def error_stats(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
 
 
 @contextmanager
-def quantized_weights(model, bits: int, granularity: str = "channel", group_size: int | None = None,
-                      symmetric: bool = True, names: list[str] | None = None, float_offset: bool = False):
-    """Within the block, the decoder's linear weights (or only `names`) hold their RTN-quantized values."""
+def swapped_weights(model, transform, names: list[str] | None = None):
+    """Within the block, the decoder's linear weights (or only `names`) hold transform(weight); restored after."""
     weights = linear_weights(model)
     chosen = weights if names is None else {n: weights[n] for n in names}
     saved = {n: w.data.clone() for n, w in chosen.items()}
     try:
         for w in chosen.values():
-            w.data = fake_quant(w.data, bits, granularity, group_size, symmetric, float_offset)
+            w.data = transform(w.data)
         yield model
     finally:
         for n, w in chosen.items():
             w.data = saved[n]
+
+
+def quantized_weights(model, bits: int, granularity: str = "channel", group_size: int | None = None,
+                      symmetric: bool = True, names: list[str] | None = None, float_offset: bool = False):
+    """Within the block, the decoder's linear weights (or only `names`) hold their RTN-quantized values."""
+    return swapped_weights(model, lambda w: fake_quant(w, bits, granularity, group_size, symmetric, float_offset), names)
 
 
 @contextmanager

@@ -90,3 +90,17 @@ def test_activation_capture_and_quantization_hooks(offline):
     with pytest.raises(ValueError, match="per 'tensor' or per 'token'"):
         with Q.quantized_activations(model, 8, "group"):
             pass
+
+
+def test_storage_counts_packed_4bit_weights_and_their_scales():
+    from transformers import BitsAndBytesConfig
+
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    q, _ = models.load_model(quantization_config=cfg)
+    assert models.logical_parameters(q) == hardware.SMOLLM2_135M.parameters
+    assert sum(p.numel() for p in q.parameters()) < 0.7 * hardware.SMOLLM2_135M.parameters
+    linear = sum(w.numel() for w in models.linear_weights(models.load_model()[0]).values())
+    embed = q.get_input_embeddings().weight
+    norms = sum(p.numel() * p.element_size() for n, p in q.named_parameters() if "norm" in n)
+    expected = linear * 4.5 / 8 + embed.numel() * embed.element_size() + norms
+    assert abs(models.storage_bytes(q) - expected) < 1e3 and q.get_memory_footprint() < models.storage_bytes(q)
