@@ -1,0 +1,183 @@
+"""GPTQ from scratch: Hessian from calibration inputs, Cholesky of its inverse, column-wise error feedback."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .quantize import check_bits, check_float, divisors_hint
+
+
+def hessian(inputs: torch.Tensor) -> torch.Tensor:
+    """H = 2 X^T X / n for inputs X [n_tokens, in_features]: the curvature of ||W X^T - W_q X^T||^2."""
+    check_float(inputs, "calibration inputs")
+    x = inputs.reshape(-1, inputs.shape[-1]).double()
+    if x.shape[0] == 0:
+        raise ValueError("calibration inputs are empty: pass at least one token (data.token_windows)")
+    return 2 * x.T @ x / x.shape[0]
+
+
+def grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Scale and zero per row of w, compressed-tensors' convention: codes -2^(b-1)..2^(b-1)-1 or 0..2^b-1."""
+    lo = w.amin(1, keepdim=True).clamp(max=0)
+    hi = w.amax(1, keepdim=True).clamp(min=0)
+    if symmetric:
+        qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        scale = torch.maximum(-lo, hi) / ((qmax - qmin) / 2)
+        zero = torch.zeros_like(scale)
+    else:
+        qmin, qmax = 0, 2**bits - 1
+        scale = (hi - lo) / (qmax - qmin)
+        zero = torch.round(qmin - lo / scale.clamp_min(1e-12)).clamp(qmin, qmax)
+    return scale.clamp_min(1e-12), zero, qmin, qmax
+
+
+def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Round one column (or any tensor) to its grid and return the dequantized values."""
+    return (torch.clamp(torch.round(w / scale) + zero, qmin, qmax) - zero) * scale
+
+
+@dataclass
+class GPTQResult:
+    """The quantized (dequantized-to-float) weight and the GPTQ loss sum of (error^2 / Hinv_ii) / 2."""
+
+    weight: torch.Tensor
+    loss: float
+
+
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: int | None = 64,
+                  symmetric: bool = True, act_order: bool = False, damp: float = 0.01, block: int = 128,
+                  error_feedback: bool = True) -> GPTQResult:
+    """Quantize a weight [out, in] column by column, pushing each column's error onto the columns not yet quantized.
+
+    Group scales are computed up front from the original weight ("static groups", as llm-compressor does),
+    so act_order changes the order of the columns, not which scale a column uses. error_feedback=False is RTN.
+    """
+    check_float(w, "weight")
+    check_bits(bits, symmetric)
+    rows, cols = w.shape
+    if h.shape != (cols, cols):
+        raise ValueError(f"Hessian shape {tuple(h.shape)} does not match the weight's {cols} input features")
+    if group_size is not None and cols % group_size:
+        raise ValueError(f"group_size {group_size} does not divide the input dimension {cols}; sizes that do: {divisors_hint(cols)}")
+    if not 0 <= damp < 1:
+        raise ValueError(f"damp is a fraction of the mean Hessian diagonal, in [0, 1); got {damp}")
+    W = w.detach().float().clone()
+    H = h.double().clone()
+    dead = torch.diag(H) == 0  # inputs that never fire: their weights cannot matter
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    g = group_size or cols
+    scale, zero = torch.empty_like(W), torch.empty_like(W)
+    for start in range(0, cols, g):  # static groups: scales from the original weight, one per row and group
+        s, z, qmin, qmax = grid(W[:, start:start + g], bits, symmetric)
+        scale[:, start:start + g], zero[:, start:start + g] = s, z
+    order = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
+    W, H, scale, zero = W[:, order], H[order][:, order], scale[:, order], zero[:, order]
+    H += damp * torch.diag(H).mean() * torch.eye(cols, dtype=H.dtype)
+    try:
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    except RuntimeError as err:  # torch raises LinAlgError, a RuntimeError
+        raise ValueError(f"the Hessian is not positive definite even after dampening {damp}: raise damp "
+                         f"(e.g. 0.1) or calibrate on more tokens than the {cols} input features") from err
+    # Work on transposed copies so that each column of W is a contiguous row in memory (much faster updates).
+    Wt, St, Zt = W.T.contiguous(), scale.T.contiguous(), zero.T.contiguous()
+    Qt = torch.zeros_like(Wt)
+    loss = 0.0
+    for i1 in range(0, cols, block):  # lazy batches: the rest of the matrix is updated once per block
+        i2 = min(i1 + block, cols)
+        W1, E1 = Wt[i1:i2].clone(), torch.zeros(i2 - i1, rows)
+        for i in range(i2 - i1):
+            c = i1 + i
+            q = quantize_column(W1[i], St[c], Zt[c], qmin, qmax)
+            Qt[c] = q
+            E1[i] = (W1[i] - q) / hinv[c, c]
+            if error_feedback:  # push this column's error onto the columns of the block not yet quantized
+                W1[i + 1:].addr_(hinv[c, c + 1:i2], E1[i], alpha=-1)
+        loss += (E1**2).sum().item() / 2
+        if error_feedback:
+            Wt[i2:] -= hinv[i1:i2, i2:].T @ E1
+    Q = Qt.T
+    Q = Q[:, torch.argsort(order)]
+    return GPTQResult(Q.to(w.dtype), loss)
+
+
+def output_error(w: torch.Tensor, w_q: torch.Tensor, inputs: torch.Tensor) -> float:
+    """Mean squared error of the layer's output, ||X W^T - X W_q^T||^2 / n, on inputs X [n, in]."""
+    x = inputs.reshape(-1, inputs.shape[-1]).float()
+    return ((x @ (w.float() - w_q.float()).T) ** 2).sum().item() / x.shape[0]
+
+
+class _Stop(Exception):
+    """Raised by a hook to stop a forward pass once the first decoder layer's inputs are caught."""
+
+
+@torch.no_grad()
+def decoder_inputs(model, calib: torch.Tensor) -> tuple[list, dict]:
+    """Hidden states entering the first decoder layer for each calibration window, and that layer's other arguments."""
+    caught: dict = {"hidden": [], "kwargs": None}
+
+    def catch(_module, args, kwargs):
+        caught["hidden"].append(args[0] if args else kwargs.pop("hidden_states"))
+        caught["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _Stop
+
+    handle = model.model.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for window in calib.split(1):
+            try:
+                model(window.to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return caught["hidden"], caught["kwargs"]
+
+
+@torch.no_grad()
+def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | None = 64, symmetric: bool = True,
+                   act_order: bool = False, damp: float = 0.01, error_feedback: bool = True, progress: bool = True):
+    """GPTQ on every linear layer of every decoder layer, in place, each layer fed by the already-quantized ones."""
+    from tqdm.auto import tqdm
+
+    if calib.dim() != 2 or calib.numel() == 0:
+        raise ValueError("calib must be a non-empty [n_windows, length] tensor of token ids (data.token_windows)")
+    hidden, kwargs = decoder_inputs(model, calib)
+    for layer in tqdm(model.model.layers, desc=f"GPTQ W{bits}", disable=not progress):
+        linears = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+        xtx: dict = {}
+        count: dict = {}
+        rep: dict = {}  # linear -> the first linear fed the very same input (q/k/v; gate/up share one Hessian)
+        seen: list = []  # (input tensor, linear name) of this window, kept alive so identity checks are sound
+
+        def accumulate(_m, args, n):
+            x = args[0]
+            rep[n] = next((name for t, name in seen if t is x), n)
+            if rep[n] == n:
+                seen.append((x, n))
+                flat = x.reshape(-1, x.shape[-1]).double().cpu()
+                xtx[n] = xtx.get(n, 0) + flat.T @ flat
+                count[n] = count.get(n, 0) + flat.shape[0]
+
+        hooks = [m.register_forward_pre_hook(lambda m, a, n=n: accumulate(m, a, n)) for n, m in linears.items()]
+        for h in hidden:
+            seen.clear()
+            layer(h, **kwargs)
+        for handle in hooks:
+            handle.remove()
+        by_input: dict = {}
+        for n, r in rep.items():
+            by_input.setdefault(r, []).append(n)
+        for key, names in by_input.items():  # one GPTQ call on the stacked rows of every linear sharing an input
+            stacked = torch.cat([linears[n].weight.data.float().cpu() for n in names])
+            result = gptq_quantize(stacked, 2 * xtx[key] / count[key], bits, group_size, symmetric, act_order, damp,
+                                   error_feedback=error_feedback)
+            for n, part in zip(names, result.weight.split([linears[n].out_features for n in names])):
+                linears[n].weight.data = part.to(linears[n].weight.device, linears[n].weight.dtype)
+        hidden = [_first(layer(h, **kwargs)) for h in hidden]
+    return model
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
