@@ -35,8 +35,10 @@ def oneshot(model, tokenizer, recipe, windows: torch.Tensor, out_dir: str | Path
     import logging
 
     from llmcompressor import oneshot as _oneshot
+    from loguru import logger
 
     logging.getLogger("llmcompressor").setLevel(logging.ERROR)
+    logger.disable("llmcompressor")  # its per-layer progress logs would drown the notebook
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _cpu_only_pin_memory_fix()
     out_dir = Path(out_dir)
