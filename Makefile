@@ -23,7 +23,7 @@ $(READY): requirements.lock requirements-nodeps.txt pyproject.toml
 	@touch $@
 
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest $(TESTS)
