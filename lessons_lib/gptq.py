@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .data import check_windows
 from .quantize import check_bits, check_float, divisors_hint
 
 
@@ -35,6 +36,17 @@ def grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, tor
 def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """Round one column (or any tensor) to its grid and return the dequantized values."""
     return (torch.clamp(torch.round(w / scale) + zero, qmin, qmax) - zero) * scale
+
+
+def rtn(w: torch.Tensor, bits: int = 4, group_size: int | None = 64, symmetric: bool = True) -> torch.Tensor:
+    """Round-to-nearest on the same grid and groups as gptq_quantize (its error_feedback=False, vectorized)."""
+    check_float(w, "weight")
+    check_bits(bits, symmetric)
+    g = group_size or w.shape[1]
+    if w.shape[1] % g:
+        raise ValueError(f"group_size {g} does not divide the input dimension {w.shape[1]}; sizes that do: {divisors_hint(w.shape[1])}")
+    groups = w.float().reshape(-1, g)  # one row per (output row, group)
+    return quantize_column(groups, *grid(groups, bits, symmetric)).reshape(w.shape).to(w.dtype)
 
 
 @dataclass
@@ -141,8 +153,7 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
     """GPTQ on every linear layer of every decoder layer, in place, each layer fed by the already-quantized ones."""
     from tqdm.auto import tqdm
 
-    if calib.dim() != 2 or calib.numel() == 0:
-        raise ValueError("calib must be a non-empty [n_windows, length] tensor of token ids (data.token_windows)")
+    check_windows(calib)
     hidden, kwargs = decoder_inputs(model, calib)
     for layer in tqdm(model.model.layers, desc=f"GPTQ W{bits}", disable=not progress):
         linears = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -156,8 +167,8 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
             rep[n] = next((name for t, name in seen if t is x), n)
             if rep[n] == n:
                 seen.append((x, n))
-                flat = x.reshape(-1, x.shape[-1]).double().cpu()
-                xtx[n] = xtx.get(n, 0) + flat.T @ flat
+                flat = x.reshape(-1, x.shape[-1]).float().cpu()
+                xtx[n] = xtx.get(n, 0) + (flat.T @ flat).double()  # float32 product per window, float64 sum
                 count[n] = count.get(n, 0) + flat.shape[0]
 
         hooks = [m.register_forward_pre_hook(lambda m, a, n=n: accumulate(m, a, n)) for n, m in linears.items()]

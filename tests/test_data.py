@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from lessons_lib import data
 
@@ -39,6 +40,20 @@ def test_token_windows_shape_and_errors():
         data.load_text("wikitext")
     with pytest.raises(ValueError, match="n_windows >= 1"):
         data.token_windows(CharTokenizer(), "eval", 0, 512)
+
+
+def test_skipped_and_mixed_windows_and_calibration_checks():
+    tok = CharTokenizer()
+    first, later = data.token_windows(tok, "python", 4, 100), data.token_windows(tok, "python", 2, 100, skip=4)
+    assert torch.equal(data.token_windows(tok, "python", 6, 100)[4:], later) and not torch.equal(first[:2], later)
+    mix = data.mixed_windows(tok, ["calib", "python"], 4, 50)
+    assert torch.equal(mix[0], data.token_windows(tok, "calib", 1, 50)[0])
+    assert torch.equal(mix[3], data.token_windows(tok, "python", 2, 50)[1])
+    assert data.check_windows(first) is first
+    with pytest.raises(ValueError, match="3 tokens, too few"):
+        data.check_windows(first[:1, :3])
+    with pytest.raises(ValueError, match="token ids"):
+        data.check_windows(first.float())
 
 
 def test_documents():

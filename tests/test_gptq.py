@@ -75,12 +75,22 @@ def test_whole_model_gptq_matches_quantizing_each_linear_on_its_own_inputs():
     from lessons_lib import activations
 
     model = tiny_llama()
-    calib = torch.randint(0, 128, (4, 32), generator=torch.Generator().manual_seed(0))
+    calib = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
     name = "model.layers.0.self_attn.k_proj"
     x = activations.capture_inputs(model, [name], calib)[name]  # layer 0 sees float inputs either way
     w = dict(model.named_modules())[name].weight.detach().clone()
     expected = gptq.gptq_quantize(w, gptq.hessian(x), 4, 16).weight
     gptq.quantize_model(model, calib, 4, 16, progress=False)
     assert torch.allclose(dict(model.named_modules())[name].weight, expected, atol=1e-6)
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="0 tokens, too few"):
         gptq.quantize_model(model, torch.zeros(0, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="token ids"):
+        gptq.quantize_model(model, calib.float())
+
+
+def test_vectorized_rtn_is_gptq_without_error_feedback(layer):
+    w, x, _ = layer
+    slow = gptq.gptq_quantize(w, gptq.hessian(x), 3, 16, error_feedback=False).weight
+    assert torch.allclose(gptq.rtn(w, 3, 16), slow)
+    with pytest.raises(ValueError, match="does not divide"):
+        gptq.rtn(w, 4, 24)

@@ -1,0 +1,183 @@
+"""AWQ from scratch: scale up the input channels that carry large activations before rounding, and fold the
+inverse scale into the layer before, so the full-precision model computes exactly the same function."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .data import check_windows
+from .gptq import _first, decoder_inputs, rtn
+
+
+def channel_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean |activation| of each input channel over all tokens: the statistic AWQ ranks channels by."""
+    return x.abs().reshape(-1, x.shape[-1]).float().mean(0)
+
+
+def weight_mean(weights: list[torch.Tensor], group_size: int | None) -> torch.Tensor:
+    """Mean over output rows of |w| / (max |w| of its group), per input channel (AWQ's "duo scaling" weight term)."""
+    rows = [w.abs().float().reshape(-1, group_size or w.shape[1]) for w in weights]
+    normed = torch.cat([(r / (r.amax(1, keepdim=True) + 1e-6)).reshape(w.shape) for r, w in zip(rows, weights)])
+    return normed.mean(0)
+
+
+def grid_points(n_grid: int) -> list[tuple[float, bool]]:
+    """The (alpha, duo) pairs searched: no scaling at all, then alpha = 0..1 with the weight term (llm-compressor's default)."""
+    if n_grid < 3:
+        raise ValueError(f"n_grid must be at least 3 (identity plus two alphas), got {n_grid}")
+    return [(0.0, False)] + [(i / (n_grid - 2), True) for i in range(n_grid - 1)]
+
+
+def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, alpha: float, duo: bool) -> torch.Tensor:
+    """s = x_mean^alpha / w_mean^(1-alpha) (or x_mean^alpha), normalized so that max(s) * min(s) = 1."""
+    s = x_mean.pow(alpha) / (w_mean.pow(1 - alpha) + 1e-4) if duo else x_mean.pow(alpha)
+    s = s.clamp(min=1e-4)
+    s = s / (s.max() * s.min()).sqrt()
+    return torch.nan_to_num(s, nan=1.0, posinf=1.0)
+
+
+@dataclass
+class Mapping:
+    """Layers whose shared input AWQ rescales: `smooth` (RMSNorm or linear) divides, `balance` linears multiply."""
+
+    name: str
+    smooth: torch.nn.Module
+    balance: list[torch.nn.Linear]
+    parent: torch.nn.Module  # the module whose output the scale search protects
+
+
+def layer_mappings(layer) -> list[Mapping]:
+    """LLaMA-style decoder layer: norm -> q/k/v, v -> o (only if shapes allow), norm -> gate/up, up -> down."""
+    at, mlp = layer.self_attn, layer.mlp
+    maps = [Mapping("input_layernorm", layer.input_layernorm, [at.q_proj, at.k_proj, at.v_proj], at)]
+    if at.v_proj.out_features == at.o_proj.in_features:  # grouped-query attention breaks the 1:1 channel match
+        maps.append(Mapping("v_proj", at.v_proj, [at.o_proj], at.o_proj))
+    maps.append(Mapping("post_attention_layernorm", layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj], mlp))
+    maps.append(Mapping("up_proj", mlp.up_proj, [mlp.down_proj], mlp.down_proj))
+    return maps
+
+
+def _run(module, calls: list) -> list[torch.Tensor]:
+    outs = [module(*args, **kwargs) for args, kwargs in calls]
+    return [o[0] if isinstance(o, tuple) else o for o in outs]
+
+
+def _inputs(calls: list) -> torch.Tensor:
+    """The first input (positional or hidden_states=) of every recorded call, as [tokens, features]."""
+    xs = [args[0] if args else kwargs["hidden_states"] for args, kwargs in calls]
+    return torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])
+
+
+@torch.no_grad()
+def search_scales(m: Mapping, calls: list, bits: int, group_size: int | None, n_grid: int = 20) -> tuple[torch.Tensor, list]:
+    """Grid-search the per-channel scale that minimizes the MSE of m.parent's output with Q(W*s)/s in place of W."""
+    x_mean = channel_mean(_inputs(calls))
+    original = [lin.weight.data.clone() for lin in m.balance]
+    w_mean = weight_mean(original, group_size)
+    reference = _run(m.parent, calls)
+    best, history = None, []
+    try:
+        for alpha, duo in grid_points(n_grid):
+            s = candidate_scales(x_mean, w_mean, alpha, duo)
+            for lin, w in zip(m.balance, original):
+                lin.weight.data = rtn(w * s, bits, group_size) / s
+            err = sum(((o - r) ** 2).sum().item() for o, r in zip(_run(m.parent, calls), reference))
+            err /= sum(r.numel() for r in reference)
+            history.append((alpha, duo, err))
+            if best is None or err < best[0]:
+                best = (err, s)
+    finally:
+        for lin, w in zip(m.balance, original):
+            lin.weight.data = w
+    return best[1], history
+
+
+@torch.no_grad()
+def fold_scales(m: Mapping, s: torch.Tensor) -> None:
+    """Multiply the balance layers' input columns by s and divide the smooth layer's output by s: same function."""
+    for lin in m.balance:
+        lin.weight.data *= s.to(lin.weight.dtype)
+    if isinstance(m.smooth, torch.nn.Linear):  # v_proj -> o_proj, up_proj -> down_proj: scale output rows
+        m.smooth.weight.data[-s.numel():] /= s.view(-1, 1).to(m.smooth.weight.dtype)
+        if m.smooth.bias is not None:
+            m.smooth.bias.data[-s.numel():] /= s.to(m.smooth.bias.dtype)
+    else:  # RMSNorm: its weight scales each channel of its output
+        m.smooth.weight.data /= s.to(m.smooth.weight.dtype)
+
+
+@torch.no_grad()
+def clip_ratios(w: torch.Tensor, x: torch.Tensor, bits: int, group_size: int, n_grid: int = 20,
+                max_shrink: float = 0.5, n_tokens: int = 512) -> torch.Tensor:
+    """Per (row, group), the fraction of max|w| to clip to that minimizes that group's share of the output error."""
+    x = x.reshape(-1, x.shape[-1])[:: max(1, x.numel() // x.shape[-1] // n_tokens)].float()
+    rows, cols = w.shape
+    xg = x.reshape(x.shape[0], cols // group_size, group_size)  # [tokens, groups, g]
+    wg = w.float().reshape(rows, cols // group_size, group_size)  # [rows, groups, g]
+    absmax = wg.abs().amax(-1, keepdim=True)
+    best_err, best = None, torch.ones(rows, cols // group_size, 1)
+    for i in range(int(max_shrink * n_grid)):
+        r = 1 - i / n_grid
+        q = rtn(torch.maximum(torch.minimum(wg, r * absmax), -r * absmax).reshape(rows, cols), bits, group_size)
+        err = torch.einsum("tgi,rgi->trg", xg, wg - q.reshape(wg.shape)).pow(2).mean(0).unsqueeze(-1)  # [rows, groups, 1]
+        if best_err is None:
+            best_err = err
+        else:
+            better = err < best_err
+            best_err, best = torch.where(better, err, best_err), torch.where(better, torch.full_like(best, r), best)
+    return best
+
+
+def clip(w: torch.Tensor, ratios: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Clamp each (row, group) of w to +-ratio * its max |w|."""
+    wg = w.reshape(w.shape[0], -1, group_size)
+    limit = ratios * wg.abs().amax(-1, keepdim=True)
+    return torch.maximum(torch.minimum(wg, limit), -limit).reshape(w.shape)
+
+
+def _catch_calls(modules: list[torch.nn.Module]):
+    calls = {m: [] for m in modules}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, k: calls[mod].append((a, k)), with_kwargs=True) for m in modules]
+    return calls, hooks
+
+
+@torch.no_grad()
+def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | None = 64, n_grid: int = 20,
+                   apply_clip: bool = False, progress: bool = True) -> dict:
+    """AWQ on every decoder layer in turn, in place: search and fold scales, optionally clip, then round to nearest.
+
+    Each layer is calibrated on the outputs of the layers already quantized. Returns each mapping's search history.
+    """
+    from tqdm.auto import tqdm
+
+    check_windows(calib)
+    if group_size is not None and model.config.hidden_size % group_size:
+        rtn(model.model.layers[0].self_attn.q_proj.weight, bits, group_size)  # raises the clear group-size error
+    hidden, kwargs = decoder_inputs(model, calib)
+    histories = {}
+    for index, layer in enumerate(tqdm(model.model.layers, desc=f"AWQ W{bits}", disable=not progress)):
+        maps = layer_mappings(layer)
+        calls, hooks = _catch_calls([m.parent for m in maps])
+        for h in hidden:
+            layer(h, **kwargs)
+        for handle in hooks:
+            handle.remove()
+        for m in maps:
+            s, histories[f"layers.{index}.{m.name}"] = search_scales(m, calls[m.parent], bits, group_size, n_grid)
+            fold_scales(m, s)
+        linears = {n: lin for n, lin in layer.named_modules() if isinstance(lin, torch.nn.Linear)}
+        if apply_clip:  # AutoAWQ's clipping search; it skips q and k, whose errors the attention softmax reshapes
+            targets = [lin for n, lin in linears.items() if not n.endswith(("q_proj", "k_proj"))]
+            seen, hooks = _catch_calls(targets)
+            for h in hidden[:2]:
+                layer(h, **kwargs)
+            for handle in hooks:
+                handle.remove()
+            for lin in targets:
+                x = _inputs(seen[lin])
+                lin.weight.data = clip(lin.weight.data, clip_ratios(lin.weight.data, x, bits, group_size or lin.in_features),
+                                       group_size or lin.in_features)
+        for lin in linears.values():
+            lin.weight.data = rtn(lin.weight.data, bits, group_size)
+        hidden = [_first(layer(h, **kwargs)) for h in hidden]
+    return histories
