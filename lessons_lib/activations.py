@@ -49,3 +49,20 @@ def input_channel_absmax(model, windows: torch.Tensor, names: list[str] | None =
 
     run_with_input_hooks(model, windows, {n: (lambda x, n=n: update(n, x)) for n in names})
     return stats
+
+
+def input_channel_mean(model, windows: torch.Tensor, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Per input channel, the mean |activation| entering each named linear layer (default: all of them)."""
+    from .models import linear_weights
+
+    names = list(linear_weights(model)) if names is None else names
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def update(n: str, x: torch.Tensor) -> None:
+        flat = x.reshape(-1, x.shape[-1]).abs().float().cpu()
+        sums[n] = sums.get(n, 0) + flat.sum(0)
+        counts[n] = counts.get(n, 0) + flat.shape[0]
+
+    run_with_input_hooks(model, windows, {n: (lambda x, n=n: update(n, x)) for n in names})
+    return {n: sums[n] / counts[n] for n in names}

@@ -37,6 +37,34 @@ def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, alpha: float, d
     return torch.nan_to_num(s, nan=1.0, posinf=1.0)
 
 
+def salient_channels(model, calib: torch.Tensor, fraction: float = 0.01, by: str = "activation",
+                     seed: int = 0) -> dict[str, torch.Tensor]:
+    """For each linear layer, the input channels to protect: largest mean |activation|, largest mean |weight|, or random."""
+    from .activations import input_channel_mean
+    from .models import linear_weights
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction is a share of input channels in (0, 1), got {fraction}")
+    weights = linear_weights(model)
+    if by == "activation":
+        score = input_channel_mean(model, check_windows(calib))
+    elif by == "weight":
+        score = {n: w.detach().abs().float().mean(0) for n, w in weights.items()}
+    elif by == "random":
+        g = torch.Generator().manual_seed(seed)
+        score = {n: torch.rand(w.shape[1], generator=g) for n, w in weights.items()}
+    else:
+        raise ValueError(f"by must be 'activation', 'weight' or 'random', got {by!r}")
+    return {n: s.topk(max(1, round(fraction * s.numel()))).indices for n, s in score.items()}
+
+
+def keep_channels(w: torch.Tensor, channels: torch.Tensor, bits: int, group_size: int | None) -> torch.Tensor:
+    """Round w to nearest, except the input channels (columns) listed, which keep their full-precision values."""
+    q = rtn(w, bits, group_size)
+    q[:, channels] = w[:, channels]
+    return q
+
+
 @dataclass
 class Mapping:
     """Layers whose shared input AWQ rescales: `smooth` (RMSNorm or linear) divides, `balance` linears multiply."""

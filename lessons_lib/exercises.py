@@ -90,7 +90,42 @@ EXERCISES: dict[str, Exercise] = {
         lambda: hw.LLAMA3_70B.parameters * codebooks.bits_per_param(64, double_quant=True) / 8 / 1e9, 0.005,
         "parameters x bits per parameter / 8 bytes; hardware.LLAMA3_70B.parameters has the count.",
     ),
+    "04.min_tokens_full_rank": Exercise(
+        "The fewest calibration tokens for which the Hessian of SmolLM2-135M's down_proj can be positive definite "
+        "without dampening (hardware.SMOLLM2_135M has the shape).",
+        lambda: hw.SMOLLM2_135M.mlp, 0,
+        "H = 2 X^T X / n is a sum of one rank-1 matrix per token; it is [in x in], and down_proj's input is the MLP's "
+        "intermediate width.",
+    ),
+    "04.bpw_g128_act_order": Exercise(
+        "Bits per weight of a 4-bit symmetric GPTQ checkpoint of a 4096 x 4096 layer, groups of 128 with 16-bit scales, "
+        "plus act-order's g_idx (one int32 group index per input column).",
+        lambda: quantize.bits_per_weight(4, "group", (4096, 4096), 128) + 32 * 4096 / 4096**2, 1e-9,
+        "4 bits of code + 16 bits of scale per 128 weights + 32 bits per input column shared by the layer's 4096 rows.",
+    ),
+    "05.folded_norm_weight": Exercise(
+        "An RMSNorm channel has weight 0.8 and AWQ picks scale s = 2.5 for it. What is the norm's weight after folding?",
+        lambda: _folded_norm_weight(0.8, 2.5), 1e-6,
+        "The linear layers after the norm multiply that input column by s; the norm must divide its output by s.",
+    ),
+    "05.keep_1pct_fp16_overhead": Exercise(
+        "Keeping 1% of input channels in fp16 and the rest in 4-bit groups of 128 (16-bit scales, symmetric): by what "
+        "fraction does storage per weight grow over plain 4-bit? (e.g. 0.05 for 5%)",
+        lambda: (0.01 * 16 + 0.99 * quantize.bits_per_weight(4, "group", (4096, 4096), 128))
+        / quantize.bits_per_weight(4, "group", (4096, 4096), 128) - 1, 1e-6,
+        "Mixed storage: 1% of weights at 16 bits, 99% at 4 + 16/128 bits; divide by 4 + 16/128 and subtract 1.",
+    ),
 }
+
+
+def _folded_norm_weight(weight: float, scale: float) -> float:
+    """Fold one AWQ scale into a one-channel RMSNorm with lessons_lib.awq and read the norm's weight back."""
+    from . import awq
+
+    norm, lin = torch.nn.RMSNorm(1), torch.nn.Linear(1, 1, bias=False)
+    norm.weight.data.fill_(weight)
+    awq.fold_scales(awq.Mapping("norm", norm, [lin], lin), torch.tensor([scale]))
+    return norm.weight.item()
 
 
 def check(key: str, answer) -> bool:

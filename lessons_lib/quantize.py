@@ -125,13 +125,16 @@ def error_stats(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
 
 @contextmanager
 def swapped_weights(model, transform, names: list[str] | None = None):
-    """Within the block, the decoder's linear weights (or only `names`) hold transform(weight); restored after."""
+    """Within the block, the decoder's linear weights (or only `names`) hold transform(weight); restored after.
+
+    `transform` may also be a dict {name: function}, one function per layer (then only those layers change)."""
     weights = linear_weights(model)
+    names = list(transform) if isinstance(transform, dict) and names is None else names
     chosen = weights if names is None else {n: weights[n] for n in names}
     saved = {n: w.data.clone() for n, w in chosen.items()}
     try:
-        for w in chosen.values():
-            w.data = transform(w.data)
+        for n, w in chosen.items():
+            w.data = (transform[n] if isinstance(transform, dict) else transform)(w.data)
         yield model
     finally:
         for n, w in chosen.items():

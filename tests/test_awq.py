@@ -81,3 +81,18 @@ def test_whole_model_runs_and_refuses_bad_input():
         awq.quantize_model(tiny_llama(), calib[:1], 4, 16)
     with pytest.raises(ValueError, match="does not divide"):
         awq.quantize_model(tiny_llama(), calib, 4, 24)
+
+
+def test_salient_channels_and_keeping_them():
+    model = tiny_llama()
+    calib = torch.randint(0, 128, (8, 32), generator=torch.Generator().manual_seed(0))
+    for by in ("activation", "weight", "random"):
+        picked = awq.salient_channels(model, calib, 0.05, by)
+        assert len(picked) == 14 and all(c.numel() in (3, 6) for c in picked.values())  # 5% of 64 or 128 inputs
+    w = torch.randn(8, 64)
+    kept = awq.keep_channels(w, torch.tensor([3, 40]), 3, 16)
+    assert torch.equal(kept[:, [3, 40]], w[:, [3, 40]]) and torch.equal(kept[:, :3], gptq.rtn(w, 3, 16)[:, :3])
+    with pytest.raises(ValueError, match="'activation', 'weight' or 'random'"):
+        awq.salient_channels(model, calib, 0.01, "gradient")
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        awq.salient_channels(model, calib, 1.5)

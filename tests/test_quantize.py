@@ -71,3 +71,18 @@ def test_nf4_levels_match_bitsandbytes():
     ours = codebooks.nf4_levels()
     assert ours.shape == (16,) and (ours == 0).sum() == 1 and ours[-1] == 1 and ours[0] == -1
     assert torch.allclose(ours, table, atol=1e-6)
+
+
+def test_swapped_weights_restores_and_takes_one_function_per_layer():
+    from test_gptq import tiny_llama
+
+    from lessons_lib import models, quantize
+
+    model = tiny_llama()
+    weights = models.linear_weights(model)
+    name = "model.layers.1.mlp.up_proj"
+    before = {n: w.detach().clone() for n, w in weights.items()}
+    with quantize.swapped_weights(model, {name: torch.zeros_like}):
+        assert (weights[name] == 0).all()
+        assert all(torch.equal(w, before[n]) for n, w in weights.items() if n != name)
+    assert all(torch.equal(w, before[n]) for n, w in weights.items())
