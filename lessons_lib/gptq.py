@@ -167,8 +167,8 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
             rep[n] = next((name for t, name in seen if t is x), n)
             if rep[n] == n:
                 seen.append((x, n))
-                flat = x.reshape(-1, x.shape[-1]).float().cpu()
-                xtx[n] = xtx.get(n, 0) + (flat.T @ flat).double()  # float32 product per window, float64 sum
+                flat = x.reshape(-1, x.shape[-1]).double().cpu()  # float64: a few huge activations dominate X^T X
+                xtx[n] = xtx.get(n, 0) + flat.T @ flat
                 count[n] = count.get(n, 0) + flat.shape[0]
 
         hooks = [m.register_forward_pre_hook(lambda m, a, n=n: accumulate(m, a, n)) for n, m in linears.items()]

@@ -21,3 +21,145 @@ def test_known_copy_scales_with_size():
 def test_too_few_repeats_refused():
     with pytest.raises(ValueError, match="at least 4"):
         bench.time_call(lambda: None, repeats=2)
+
+
+def test_summarize_median_and_iqr():
+    median, iqr = bench.summarize([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert median == 3.0 and iqr == pytest.approx(3.0)  # quartiles 1.5 and 4.5 (exclusive method)
+
+
+def test_inner_calls_are_divided_out():
+    secs = bench.samples(lambda i: time.sleep(0.002), warmup=0, repeats=4, inner=5, device="cpu")
+    assert all(0.0018 < s < 0.01 for s in secs)
+
+
+def test_time_rotating_cycles_through_every_argument_set():
+    seen = []
+    bench.time_rotating(lambda k: seen.append(k), [(0,), (1,), (2,)], warmup=0, repeats=6)
+    assert seen == [0, 1, 2, 0, 1, 2]
+
+
+def test_time_rotating_needs_arguments():
+    with pytest.raises(ValueError, match="at least one"):
+        bench.time_rotating(lambda: None, [])
+
+
+def test_rate_spread_comes_from_the_runs():
+    gbs, iqr = bench.rate(8.0, [1.0, 2.0, 4.0, 8.0])
+    assert gbs == pytest.approx(3.0) and iqr > 0
+
+
+def test_adaptive_repeats_is_clamped():
+    assert bench.adaptive_repeats(1.0, budget_s=0.25) == 8
+    assert bench.adaptive_repeats(1e-9, budget_s=0.25) == 200
+    assert bench.adaptive_repeats(0.01, budget_s=0.25, lo=4) == 25
+
+
+def test_bandwidth_counts_read_and_written():
+    r = bench.measure_bandwidth("cpu", nbytes=16 << 20, repeats=5)
+    assert r["counted"] == "read + written" and r["bytes_copied"] == 16 << 20
+    assert 0.1 < r["gb_per_s"] < 2000 and r["gb_per_s_iqr"] >= 0
+    assert r["gb_per_s"] == pytest.approx(2 * r["bytes_copied"] / 1e9 / r["median_s"], rel=0.5)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_matmul_peak_reports_a_positive_rate(dtype):
+    r = bench.measure_matmul_peak("cpu", dtype, n=128, repeats=4)
+    assert r["tflops"] > 0 and r["n"] == 128
+
+
+def test_roofline_arithmetic():
+    bw, peak = 1e12, 100e12  # 1 TB/s, 100 TFLOP/s: ridge at 100 FLOP/byte
+    assert bench.ridge_intensity(peak, bw) == 100
+    assert bench.attainable_flops(10, peak, bw) == 10e12  # memory-bound
+    assert bench.attainable_flops(1000, peak, bw) == peak  # compute-bound
+    assert bench.arithmetic_intensity(2e9, 1e9) == 2
+    assert bench.roofline_time(1e12, 1e9, peak, bw) == pytest.approx(0.01)  # compute side wins
+    assert bench.roofline_time(1e9, 1e9, peak, bw) == pytest.approx(1e-3)  # memory side wins
+    assert bench.roofline_fraction(2e-3, 1e9, 1e9, peak, bw) == pytest.approx(0.5)
+
+
+def test_gemm_counts():
+    assert bench.gemm_flops(1, 4096, 4096) == 2 * 4096 * 4096
+    # bf16 weight (2 bytes each) dominates a batch-1 GEMV; input and output add 2 bytes per element
+    assert bench.gemm_bytes(1, 4096, 4096, 4096 * 4096 * 2) == 4096 * 4096 * 2 + 4096 * 2 + 4096 * 2
+
+
+@pytest.mark.parametrize("name, row", [("NVIDIA H200", "H200"), ("NVIDIA H100 80GB HBM3", "H100 SXM"),
+                                       ("NVIDIA H100 PCIe", "H100 PCIe"), ("NVIDIA A100-SXM4-80GB", "A100 80GB"),
+                                       ("NVIDIA A100-SXM4-40GB", "A100 40GB"), ("NVIDIA A10G", "A10G"),
+                                       ("NVIDIA A10", "A10"), ("NVIDIA L4", "L4"), ("NVIDIA L40S", "L40S"),
+                                       ("Tesla T4", "T4"), ("NVIDIA GeForce RTX 4090", "RTX 4090"),
+                                       ("NVIDIA H100 NVL", None), ("NVIDIA L40", None), ("AMD EPYC", None)])
+def test_match_gpu_finds_the_datasheet_row(name, row):
+    from lessons_lib import hardware
+
+    assert bench.match_gpu(name) == row
+    if row is not None:
+        assert hardware.gpu(row).name == row
+
+
+# ----------------------------------------------------------------------------------------------- the script's helpers
+def _script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _decode_result(fmt, graph_tps, bytes_per_token):
+    return {"format": fmt, "bytes_read_per_token": bytes_per_token,
+            "batches": {"1": {"prefill": {"tokens_per_s": 1e4}, "eager": {"tokens_per_s": graph_tps / 4},
+                              "graph": {"tokens_per_s": graph_tps}, "graph_over_eager": 4.0}}}
+
+
+def test_script_decode_floors_and_targets():
+    s = _script()
+    dec = {"results": [_decode_result("bf16", 200.0, 16e9), _decode_result("int4_wo", 450.0, 5e9),
+                       _decode_result("fp8", 330.0, 9e9), {"format": "nf4", "error": "boom"}]}
+    ceil = {"bandwidth": {"gb_per_s": 4000.0}}
+    dec["floors"] = s.decode_floors(dec, ceil)
+    assert dec["floors"]["bf16"]["floor_tokens_per_s"] == pytest.approx(250.0)  # 16 GB at 4 TB/s: 4 ms a token
+    assert dec["floors"]["bf16"]["fraction_of_floor"] == pytest.approx(0.8)
+    t = s.decode_targets(dec)
+    assert t["bf16_fraction_of_floor"] == {"measured": 0.8, "target": 0.7, "met": True}
+    assert t["best_4bit_speedup"]["format"] == "int4_wo" and t["best_4bit_speedup"]["met"] is False  # 2.25x
+    assert t["fp8_speedup"]["measured"] == pytest.approx(1.65) and t["fp8_speedup"]["met"] is True
+    assert "nf4" not in t["speedup_vs_bf16_batch1"]
+
+
+def test_script_targets_say_unknown_when_a_format_is_missing():
+    s = _script()
+    t = s.decode_targets({"results": [_decode_result("bf16", 200.0, 16e9)], "floors": {}})
+    assert t["fp8_speedup"]["met"] is None and t["best_4bit_speedup"]["met"] is None
+    assert t["bf16_fraction_of_floor"]["met"] is None
+
+
+def test_script_helpers():
+    s = _script()
+    assert s.slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert s.compute_dtype("int4_wo", torch.device("cuda")) == "bf16"
+    assert s.compute_dtype("int8_w8a8", torch.device("cpu")) == "int8"
+    assert s._steps_that_fit(0.5, 64, 6.0) == 12 and s._steps_that_fit(1e-3, 64, 6.0) == 64
+    assert s._steps_that_fit(5.0, 64, 6.0) == 8
+
+
+def test_script_summary_survives_partial_results(tmp_path):
+    s = _script()
+    run = s.Run(tmp_path, "test-device", budget_s=60)
+    run.results.update(environment={"name": "Test"}, errors={"gemm": "trace"},
+                       gemm=[{"format": "bf16", "out": 8, "in": 8, "batch": 1, "gb_per_s": 1.0, "tflops": 0.1}],
+                       decode={"results": [{"format": "bf16", "error": "x"}]})
+    with run.section("broken"):
+        raise RuntimeError("this section fails, the run goes on")
+    assert "RuntimeError" in run.results["errors"]["broken"]
+    with run.section("too long", need_s=1e6) as ok:
+        assert not ok
+    assert run.results["skipped"][0]["what"] == "too long"
+    text = s.summary(run)
+    assert "errors in: gemm, broken" in text and (tmp_path / "test-device.json").exists()
+    run.log_file.close()
