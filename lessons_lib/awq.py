@@ -8,6 +8,7 @@ import torch
 
 from .data import check_windows
 from .gptq import _first, decoder_inputs, rtn
+from .quantize import divisors_hint
 
 
 def channel_mean(x: torch.Tensor) -> torch.Tensor:
@@ -179,8 +180,10 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
     from tqdm.auto import tqdm
 
     check_windows(calib)
-    if group_size is not None and model.config.hidden_size % group_size:
-        rtn(model.model.layers[0].self_attn.q_proj.weight, bits, group_size)  # raises the clear group-size error
+    for lin in (m for m in model.model.layers[0].modules() if isinstance(m, torch.nn.Linear)):
+        if group_size and lin.in_features % group_size:
+            raise ValueError(f"group_size {group_size} does not divide the input dimension {lin.in_features}; "
+                             f"sizes that do: {divisors_hint(lin.in_features)}")
     hidden, kwargs = decoder_inputs(model, calib)
     histories = {}
     for index, layer in enumerate(tqdm(model.model.layers, desc=f"AWQ W{bits}", disable=not progress)):

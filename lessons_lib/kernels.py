@@ -171,28 +171,24 @@ def native_note(fmt: str, device: str | torch.device) -> tuple[bool, str]:
         if any(f in flags for f in hw):
             return True, f"oneDNN {fmt} GEMM on {'/'.join(hw)} units"
         return False, f"this CPU has no {fmt} arithmetic ({' or '.join(hw)}): oneDNN converts to fp32 inside"
-    if fmt == "int8_wo":
-        if cuda:
-            return False, ("torch's CUDA _weight_int8pack_mm is a naive kernel (one thread per output, CUDA cores, "
-                           "float math): it runs, but is no tuned weight-only GEMM")
-        return True, "torch's CPU _weight_int8pack_mm (vectorized int8 -> float dot products)"
-    if fmt == "int8_w8a8":
-        if cuda:
-            return True, "cuBLASLt int8 tensor-core GEMM via _int_mm (batch padded to >= 32 rows, multiple of 8)"
-        return True, "oneDNN int8 GEMM via _int_mm (u8s8 or s8s8 VNNI where the CPU has it)"
-    if fmt == "int4_wo":
-        if cuda:
-            return True, "tinygemm: int4 unpacked to bf16 in registers, bf16 mma.sync tensor cores"
-        return True, "torch's CPU _weight_int4pack_mm_for_cpu (AVX512/AVX2 dequantize-in-kernel)"
-    if fmt == "nf4":
-        if cuda:
-            return True, "bitsandbytes gemm_4bit: fused NF4 kernel at small batch, dequantize + cuBLAS above"
-        return False, "no fused NF4 kernel on this CPU: bitsandbytes dequantizes the whole weight, then F.linear"
-    if fmt == "fp8":
-        if cuda:
-            return True, "cuBLASLt/CUTLASS e4m3 tensor-core GEMM via _scaled_mm (batch padded to a multiple of 16)"
-        return False, "no FP8 arithmetic on a CPU: torch's CPU _scaled_mm emulates it (slow)"
-    return False, ""
+    cuda_note, cpu_note = KERNEL_NOTES.get(fmt, ((False, ""), (False, "")))
+    return cuda_note if cuda else cpu_note
+
+
+# What runs for each quantized format: ((native?, note) on CUDA, (native?, note) on a CPU).
+KERNEL_NOTES = {
+    "int8_wo": ((False, "torch's CUDA _weight_int8pack_mm is a naive kernel (one thread per output, CUDA cores, "
+                        "float math): it runs, but is no tuned weight-only GEMM"),
+                (True, "torch's CPU _weight_int8pack_mm (vectorized int8 -> float dot products)")),
+    "int8_w8a8": ((True, "cuBLASLt int8 tensor-core GEMM via _int_mm (batch padded to >= 32 rows, multiple of 8)"),
+                  (True, "oneDNN int8 GEMM via _int_mm (u8s8 or s8s8 VNNI where the CPU has it)")),
+    "int4_wo": ((True, "tinygemm: int4 unpacked to bf16 in registers, bf16 mma.sync tensor cores"),
+                (True, "torch's CPU _weight_int4pack_mm_for_cpu (AVX512/AVX2 dequantize-in-kernel)")),
+    "nf4": ((True, "bitsandbytes gemm_4bit: fused NF4 kernel at small batch, dequantize + cuBLAS above"),
+            (False, "no fused NF4 kernel on this CPU: bitsandbytes dequantizes the whole weight, then F.linear")),
+    "fp8": ((True, "cuBLASLt/CUTLASS e4m3 tensor-core GEMM via _scaled_mm (batch padded to a multiple of 16)"),
+            (False, "no FP8 arithmetic on a CPU: torch's CPU _scaled_mm emulates it (slow)")),
+}
 
 
 def require(fmt: str, device: str | torch.device, out_features: int = 256, in_features: int = 512,
@@ -338,19 +334,36 @@ class Int4WeightOnly(QuantWeight):
         cuda = w.device.type == "cuda"
         super().__init__(w, torch.bfloat16 if cuda else act_dtype)  # tinygemm takes bf16 activations only
         n, k = w.shape
-        self.group_size = g = group_size
+        g = group_size
         store = torch.bfloat16 if cuda else self.act_dtype
         wg = w.float().reshape(n, k // g, g)
         lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
         scale = ((hi - lo).clamp(min=1e-6) / 15).to(store).float()  # round to storage first: the kernel sees these
         zero = (lo + 8 * scale).to(store).float()
         q = ((wg - (zero - 8 * scale)) / scale).round().clamp(0, 15).to(torch.int32).reshape(n, k)
-        self.scales_and_zeros = torch.cat([scale, zero], dim=-1).transpose(0, 1).contiguous().to(store)
-        self.tiles = inner_k_tiles(k)
-        if cuda:
-            self.packed = self._pack_cuda(q)
-        else:
-            self.packed = torch._convert_weight_to_int4pack_for_cpu(q, self.tiles)
+        self._pack(q, scale.squeeze(-1), zero.squeeze(-1), g, keep_codes)
+
+    @classmethod
+    def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                   act_dtype: torch.dtype = torch.bfloat16) -> "Int4WeightOnly":
+        """Pack ready-made codes q (0..15, [out, in]; w = (q - 8) * scale + zero, scale and zero [out, in / group])."""
+        if q.min() < 0 or q.max() > 15:
+            raise ValueError("4-bit codes must lie in 0..15 (add 8 to signed codes -8..7)")
+        require("int4_wo", q.device, q.shape[0], q.shape[1], group_size)
+        self = cls.__new__(cls)
+        QuantWeight.__init__(self, q, torch.bfloat16 if q.device.type == "cuda" else act_dtype)
+        self._pack(q.to(torch.int32), scale.float(), zero.float(), group_size)
+        return self
+
+    def _pack(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+              keep_codes: bool = True) -> None:
+        """Store scales and zeros as [in / group, out, 2] and the codes in the kernel's packed layout."""
+        cuda = self.device.type == "cuda"
+        self.group_size = group_size
+        store = torch.bfloat16 if cuda else self.act_dtype
+        self.scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(store)
+        self.tiles = inner_k_tiles(q.shape[1])
+        self.packed = self._pack_cuda(q) if cuda else torch._convert_weight_to_int4pack_for_cpu(q, self.tiles)
         self.codes = q.to(torch.uint8) if keep_codes else None  # only for dequantize(), never for the kernel
 
     def _pack_cuda(self, q: torch.Tensor) -> torch.Tensor:

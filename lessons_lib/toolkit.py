@@ -81,3 +81,40 @@ def reload(out_dir: str | Path, device: str = "cpu"):
         model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).to(device).eval()
         model(torch.zeros(1, 1, dtype=torch.long, device=device))  # the first forward pass decompresses the weights
     return model
+
+
+def load_on_kernels(out_dir: str | Path, device: str = "cpu"):
+    """A saved 4-bit symmetric group checkpoint (llm-compressor W4A16, pack-quantized) with every quantized linear
+    layer running torch's int4 kernel on the checkpoint's own codes and scales (nothing re-quantized)."""
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+    from safetensors.torch import load_file
+
+    from . import kernels
+
+    model = reload(out_dir, device)  # embeddings, norms and the layers left in float come from here
+    group_size = _w4_group_size(model.config)
+    tensors = {}
+    for f in sorted(Path(out_dir).glob("*.safetensors")):
+        tensors.update(load_file(f))
+    for key in [k for k in tensors if k.endswith(".weight_packed")]:
+        name = key[: -len(".weight_packed")]
+        shape = torch.Size(tensors[f"{name}.weight_shape"].tolist())
+        codes = unpack_from_int32(tensors[key], 4, shape).to(torch.int32) + 8  # signed -8..7 -> 0..15
+        scale = tensors[f"{name}.weight_scale"].float()
+        qw = kernels.Int4WeightOnly.from_codes(codes.to(device), scale.to(device), torch.zeros_like(scale).to(device),
+                                               group_size)
+        kernels._set_module(model, name, kernels.QuantLinear(qw, model.get_submodule(name).bias))
+    return model
+
+
+def _w4_group_size(config) -> int:
+    """The group size of a symmetric 4-bit pack-quantized config; a clear error for any other scheme."""
+    q = getattr(config, "quantization_config", None)
+    q = q if isinstance(q, dict) else getattr(q, "to_dict", lambda: {})()
+    groups = list(q.get("config_groups", {}).values())
+    w = groups[0].get("weights", {}) if len(groups) == 1 else {}
+    if not (q.get("format") == "pack-quantized" and w.get("num_bits") == 4 and w.get("symmetric")
+            and w.get("strategy") == "group" and not w.get("actorder")):
+        raise ValueError("load_on_kernels takes one scheme: 4-bit, symmetric, groups, no act-order, pack-quantized "
+                         f"(llm-compressor's W4A16); this checkpoint has {q.get('format')} {w or groups}")
+    return w["group_size"]
