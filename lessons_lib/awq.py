@@ -164,10 +164,17 @@ def clip(w: torch.Tensor, ratios: torch.Tensor, group_size: int) -> torch.Tensor
     return torch.maximum(torch.minimum(wg, limit), -limit).reshape(w.shape)
 
 
-def _catch_calls(modules: list[torch.nn.Module]):
+def _record_calls(layer, modules: list[torch.nn.Module], hidden: list, kwargs: dict) -> dict:
+    """Run the decoder layer on each hidden state; return every call (args, kwargs) made into each module."""
     calls = {m: [] for m in modules}
     hooks = [m.register_forward_pre_hook(lambda mod, a, k: calls[mod].append((a, k)), with_kwargs=True) for m in modules]
-    return calls, hooks
+    try:
+        for h in hidden:
+            layer(h, **kwargs)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return calls
 
 
 @torch.no_grad()
@@ -188,22 +195,14 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
     histories = {}
     for index, layer in enumerate(tqdm(model.model.layers, desc=f"AWQ W{bits}", disable=not progress)):
         maps = layer_mappings(layer)
-        calls, hooks = _catch_calls([m.parent for m in maps])
-        for h in hidden:
-            layer(h, **kwargs)
-        for handle in hooks:
-            handle.remove()
+        calls = _record_calls(layer, [m.parent for m in maps], hidden, kwargs)
         for m in maps:
             s, histories[f"layers.{index}.{m.name}"] = search_scales(m, calls[m.parent], bits, group_size, n_grid)
             fold_scales(m, s)
         linears = {n: lin for n, lin in layer.named_modules() if isinstance(lin, torch.nn.Linear)}
         if apply_clip:  # AutoAWQ's clipping search; it skips q and k, whose errors the attention softmax reshapes
             targets = [lin for n, lin in linears.items() if not n.endswith(("q_proj", "k_proj"))]
-            seen, hooks = _catch_calls(targets)
-            for h in hidden[:2]:
-                layer(h, **kwargs)
-            for handle in hooks:
-                handle.remove()
+            seen = _record_calls(layer, targets, hidden[:2], kwargs)
             for lin in targets:
                 x = _inputs(seen[lin])
                 lin.weight.data = clip(lin.weight.data, clip_ratios(lin.weight.data, x, bits, group_size or lin.in_features),

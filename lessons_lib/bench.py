@@ -148,11 +148,12 @@ def _matmul_fn(device: torch.device, dtype: str, n: int) -> Callable[[int], obje
 def measure_matmul_peak(device: str | torch.device = "cpu", dtype: str = "bf16", n: int | None = None,
                         repeats: int = 10) -> dict:
     """Dense matmul rate (FLOP/s, or OP/s for int8) of an n x n x n product: fp32, bf16, fp16, int8, fp8."""
+    from .kernels import require
+
     device = torch.device(device)
-    if dtype == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
-        major, minor = torch.cuda.get_device_capability(device)
-        raise RuntimeError(f"fp8 _scaled_mm needs compute capability >= 8.9, found {major}.{minor}")
     n = n or (8192 if device.type == "cuda" else 1024)
+    if dtype in ("int8", "fp8"):  # the same capability rules as the weight formats that use these kernels
+        require({"int8": "int8_w8a8", "fp8": "fp8"}[dtype], device, n, n)
     fn = _matmul_fn(device, dtype, n)
     secs = samples(fn, warmup=2, repeats=repeats, device=device)
     flops, iqr = rate(2 * n**3, secs)
