@@ -292,27 +292,52 @@ class Int8WeightOnly(QuantWeight):
         return self.q.float() * self.scale.float()[:, None]
 
 
+def _quantize_int8_act(x: torch.Tensor, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 activations with one scale per token (row), or one for the whole tensor (broadcast to every row)."""
+    if per_token:
+        return _quantize_int8(x)
+    scale = _absmax_scale(x.reshape(1, -1), 127.0)
+    return (x.float() / scale).round().clamp(-127, 127).to(torch.int8), scale
+
+
 class Int8W8A8(QuantWeight):
-    """int8 weight (per-row scales) times int8 activations (per-token scales) via torch._int_mm."""
+    """int8 weight (per-row scales) times int8 activations (per-token or per-tensor scales) via torch._int_mm."""
 
     fmt = "int8_w8a8"
     tensor_names = ("q", "scale")
 
-    def __init__(self, w: torch.Tensor, act_dtype: torch.dtype):
+    def __init__(self, w: torch.Tensor, act_dtype: torch.dtype, per_token: bool = True):
         super().__init__(w, act_dtype)
         q, scale = _quantize_int8(w)
         self.q, self.scale = q.contiguous(), scale.T.contiguous()  # scale [1, out]
+        self.per_token = per_token
         self.min_rows = 32 if w.device.type == "cuda" else 1  # CUDA _int_mm: batch > 16 (we pad to 32, x8)
+
+    @classmethod
+    def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, act_dtype: torch.dtype = torch.bfloat16,
+                   per_token: bool = True) -> "Int8W8A8":
+        """Wrap ready-made int8 codes q [out, in] with per-row scales [out] or [out, 1] (w = q * scale)."""
+        if q.dtype != torch.int8:
+            raise TypeError(f"int8 codes must be a torch.int8 tensor, got {q.dtype}")
+        require("int8_w8a8", q.device, q.shape[0], q.shape[1])
+        self = cls.__new__(cls)
+        QuantWeight.__init__(self, q, act_dtype)
+        self.q, self.scale = q.contiguous(), scale.float().reshape(1, -1).contiguous()
+        self.per_token, self.min_rows = per_token, 32 if q.device.type == "cuda" else 1
+        return self
+
+    def _act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _quantize_int8_act(x, self.per_token)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         m = x.shape[0]
         rows = max(self.min_rows, _round_up(m, 8)) if self.min_rows > 1 else m
-        xq, xs = _quantize_int8(_pad_rows(x, rows))  # zero rows pad the batch (CUDA _int_mm wants > 16 rows)
+        xq, xs = self._act(_pad_rows(x, rows))  # zero rows pad the batch (CUDA _int_mm wants > 16 rows)
         acc = torch._int_mm(xq, self.q.t())
         return (acc[:m].float() * xs[:m] * self.scale).to(self.act_dtype)
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
-        xq, xs = _quantize_int8(x.to(self.act_dtype))
+        xq, xs = self._act(x.to(self.act_dtype))
         return (xq.float() * xs) @ self.dequantize().T
 
     def dequantize(self) -> torch.Tensor:
@@ -463,7 +488,7 @@ def quantize(fmt: str, w: torch.Tensor, act_dtype: torch.dtype | None = None, gr
         if fmt == "int8_wo":
             return Int8WeightOnly(w, act)
         if fmt == "int8_w8a8":
-            return Int8W8A8(w, act)
+            return Int8W8A8(w, act, **options)
         if fmt == "int4_wo":
             return Int4WeightOnly(w, act, group_size or 128, **options)
         if fmt == "nf4":

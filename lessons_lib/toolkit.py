@@ -84,37 +84,46 @@ def reload(out_dir: str | Path, device: str = "cpu"):
 
 
 def load_on_kernels(out_dir: str | Path, device: str = "cpu"):
-    """A saved 4-bit symmetric group checkpoint (llm-compressor W4A16, pack-quantized) with every quantized linear
-    layer running torch's int4 kernel on the checkpoint's own codes and scales (nothing re-quantized)."""
+    """A saved llm-compressor checkpoint with every quantized linear layer on a real torch kernel, from the
+    checkpoint's own codes and scales (nothing re-quantized): W4A16 (4-bit symmetric groups, pack-quantized) on
+    torch's int4 kernel, W8A8 (int8 per-channel weights, dynamic per-token int8 activations) on torch._int_mm."""
     from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
     from safetensors.torch import load_file
 
     from . import kernels
 
     model = reload(out_dir, device)  # embeddings, norms and the layers left in float come from here
-    group_size = _w4_group_size(model.config)
+    scheme, group_size = _kernel_scheme(model.config)
     tensors = {}
     for f in sorted(Path(out_dir).glob("*.safetensors")):
         tensors.update(load_file(f))
-    for key in [k for k in tensors if k.endswith(".weight_packed")]:
-        name = key[: -len(".weight_packed")]
-        shape = torch.Size(tensors[f"{name}.weight_shape"].tolist())
-        codes = unpack_from_int32(tensors[key], 4, shape).to(torch.int32) + 8  # signed -8..7 -> 0..15
-        scale = tensors[f"{name}.weight_scale"].float()
-        qw = kernels.Int4WeightOnly.from_codes(codes.to(device), scale.to(device), torch.zeros_like(scale).to(device),
-                                               group_size)
+    for key in [k for k in tensors if k.endswith(".weight_scale")]:
+        name = key[: -len(".weight_scale")]
+        scale = tensors[key].float().to(device)
+        if scheme == "w4a16":
+            shape = torch.Size(tensors[f"{name}.weight_shape"].tolist())
+            codes = unpack_from_int32(tensors[f"{name}.weight_packed"], 4, shape).to(torch.int32) + 8  # -8..7 -> 0..15
+            qw = kernels.Int4WeightOnly.from_codes(codes.to(device), scale, torch.zeros_like(scale), group_size)
+        else:
+            qw = kernels.Int8W8A8.from_codes(tensors[f"{name}.weight"].to(device), scale, torch.float32)
         kernels._set_module(model, name, kernels.QuantLinear(qw, model.get_submodule(name).bias))
     return model
 
 
-def _w4_group_size(config) -> int:
-    """The group size of a symmetric 4-bit pack-quantized config; a clear error for any other scheme."""
+def _kernel_scheme(config) -> tuple[str, int | None]:
+    """("w4a16", group size) or ("w8a8", None) for the two schemes load_on_kernels runs; a clear error otherwise."""
     q = getattr(config, "quantization_config", None)
     q = q if isinstance(q, dict) else getattr(q, "to_dict", lambda: {})()
     groups = list(q.get("config_groups", {}).values())
-    w = groups[0].get("weights", {}) if len(groups) == 1 else {}
-    if not (q.get("format") == "pack-quantized" and w.get("num_bits") == 4 and w.get("symmetric")
-            and w.get("strategy") == "group" and not w.get("actorder")):
-        raise ValueError("load_on_kernels takes one scheme: 4-bit, symmetric, groups, no act-order, pack-quantized "
-                         f"(llm-compressor's W4A16); this checkpoint has {q.get('format')} {w or groups}")
-    return w["group_size"]
+    w = groups[0].get("weights") or {} if len(groups) == 1 else {}
+    a = groups[0].get("input_activations") or {} if len(groups) == 1 else {}
+    if (q.get("format") == "pack-quantized" and w.get("num_bits") == 4 and w.get("symmetric")
+            and w.get("strategy") == "group" and not w.get("actorder") and not a):
+        return "w4a16", w["group_size"]
+    if (q.get("format") == "int-quantized" and w.get("num_bits") == 8 and w.get("symmetric")
+            and w.get("strategy") == "channel" and a.get("num_bits") == 8 and a.get("dynamic")
+            and a.get("strategy") == "token" and a.get("symmetric")):
+        return "w8a8", None
+    raise ValueError("load_on_kernels takes two schemes: W4A16 (4-bit symmetric groups, no act-order, pack-quantized) "
+                     "and W8A8 (int8 per-channel weights, dynamic per-token int8 activations, int-quantized); "
+                     f"this checkpoint has {q.get('format')} {groups}")

@@ -5,46 +5,72 @@ from lessons_lib import kernels, toolkit
 from test_gptq import tiny_llama
 
 
-@pytest.fixture(scope="module")
-def w4_checkpoint(tmp_path_factory):
-    """A tiny LLaMA quantized by llm-compressor (W4A16, symmetric groups of 32, data-free RTN) and saved compressed."""
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+def _save_quantized(tmp_path_factory, scheme_or_groups: dict) -> object:
+    """A tiny LLaMA quantized by llm-compressor (data-free RTN) with this scheme, saved compressed; its folder."""
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
-
     from transformers import LlamaForCausalLM
 
-    src, out = tmp_path_factory.mktemp("float"), tmp_path_factory.mktemp("w4")
+    src, out = tmp_path_factory.mktemp("float"), tmp_path_factory.mktemp("quantized")
     tiny_llama().save_pretrained(src)
     model = LlamaForCausalLM.from_pretrained(src)  # oneshot reads the config back from model.config.name_or_path
-    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(num_bits=4, type="int", symmetric=True,
-                                                                              strategy="group", group_size=32))
     with toolkit._quiet_progress():
-        oneshot(model=model, recipe=QuantizationModifier(config_groups={"w4": scheme}, ignore=["lm_head"]))
+        oneshot(model=model, recipe=QuantizationModifier(**scheme_or_groups, ignore=["lm_head"]))
         model.save_pretrained(out, save_compressed=True)
     return out
 
 
-def test_checkpoint_runs_on_the_int4_kernel_with_the_same_logits(w4_checkpoint):
-    reference = toolkit.reload(w4_checkpoint)  # weights decompressed to float by transformers
-    fast = toolkit.load_on_kernels(w4_checkpoint)
+@pytest.fixture(scope="module")
+def w4_checkpoint(tmp_path_factory):
+    """W4A16, symmetric groups of 32."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(num_bits=4, type="int", symmetric=True,
+                                                                              strategy="group", group_size=32))
+    return _save_quantized(tmp_path_factory, {"config_groups": {"w4": scheme}})
+
+
+@pytest.fixture(scope="module")
+def w8a8_checkpoint(tmp_path_factory):
+    """llm-compressor's W8A8 preset: int8 per-channel weights, dynamic per-token int8 activations."""
+    return _save_quantized(tmp_path_factory, {"targets": "Linear", "scheme": "W8A8"})
+
+
+def _same_logits(checkpoint, fmt: str, tolerance: float) -> None:
+    reference = toolkit.reload(checkpoint)  # weights decompressed to float by transformers (and activations fake-quantized)
+    fast = toolkit.load_on_kernels(checkpoint)
     swapped = [m for m in fast.modules() if isinstance(m, kernels.QuantLinear)]
-    assert len(swapped) == 2 * 7 and all(m.qw.fmt == "int4_wo" for m in swapped)
+    assert len(swapped) == 2 * 7 and all(m.qw.fmt == fmt for m in swapped)
     ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a, b = fast(ids).logits, reference(ids).logits
-    assert kernels.relative_error(a, b) < 2e-2  # bf16 activations and scales in the kernel
+    assert kernels.relative_error(a, b) < tolerance
     name = "model.layers.1.mlp.down_proj"
     w = reference.get_submodule(name).weight.detach()
     assert torch.allclose(fast.get_submodule(name).qw.dequantize(), w, rtol=1e-2, atol=1e-4)  # same codes
 
 
-def test_other_schemes_are_refused(w4_checkpoint):
+def test_w4a16_checkpoint_runs_on_the_int4_kernel_with_the_same_logits(w4_checkpoint):
+    _same_logits(w4_checkpoint, "int4_wo", 2e-2)  # bf16 activations and scales in the kernel
+
+
+def test_w8a8_checkpoint_runs_on_int_mm_with_the_same_logits(w8a8_checkpoint):
+    # Same int8 weight codes; activations are rounded per token on both sides, but compressed-tensors' grid is
+    # absmax / 127.5 with codes -128..127 and ours absmax / 127 with -127..127, so the logits differ by about as
+    # much as the activation rounding itself (0.9% on this tiny random model).
+    _same_logits(w8a8_checkpoint, "int8_w8a8", 2e-2)
+
+
+def test_other_schemes_are_refused(w4_checkpoint, w8a8_checkpoint):
     from types import SimpleNamespace
 
-    q = toolkit.reload(w4_checkpoint).config.quantization_config
-    q = q if isinstance(q, dict) else q.to_dict()
-    assert toolkit._w4_group_size(SimpleNamespace(quantization_config=q)) == 32
+    def config(folder):
+        q = toolkit.reload(folder).config.quantization_config
+        return q if isinstance(q, dict) else q.to_dict()
+
+    assert toolkit._kernel_scheme(SimpleNamespace(quantization_config=config(w4_checkpoint))) == ("w4a16", 32)
+    assert toolkit._kernel_scheme(SimpleNamespace(quantization_config=config(w8a8_checkpoint))) == ("w8a8", None)
+    q = config(w4_checkpoint)
     next(iter(q["config_groups"].values()))["weights"]["symmetric"] = False
-    with pytest.raises(ValueError, match="4-bit, symmetric, groups"):
-        toolkit._w4_group_size(SimpleNamespace(quantization_config=q))
+    with pytest.raises(ValueError, match="takes two schemes"):
+        toolkit._kernel_scheme(SimpleNamespace(quantization_config=q))

@@ -1,0 +1,77 @@
+"""SmoothQuant: move activation outliers into the weights with per-channel factors folded into the layer before,
+then run W8A8 (int8 weights per output channel, int8 activations per token) on a real integer kernel."""
+from __future__ import annotations
+
+import torch
+
+from . import kernels
+from .activations import input_channel_absmax
+from .awq import Mapping, fold_scales, layer_mappings
+from .data import check_windows
+from .quantize import check_float
+
+
+def check_alpha(alpha: float) -> float:
+    """The migration strength must lie in [0, 1]: 0 leaves activations alone, 1 moves all their range into weights."""
+    if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha (migration strength) must be in [0, 1], got {alpha!r}; SmoothQuant's default is 0.5, "
+                         "llm-compressor's 0.8 for LLaMA-style models")
+    return float(alpha)
+
+
+def weight_absmax(linears: list[torch.nn.Linear]) -> torch.Tensor:
+    """Per input channel, the largest |weight| over all the linear layers that share that input."""
+    return torch.stack([lin.weight.detach().abs().float().amax(0) for lin in linears]).amax(0)
+
+
+def smoothing_factors(act_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
+    """s_j = max|X_j|^alpha / max|W_j|^(1 - alpha): divide activations by s, multiply weights by s."""
+    check_alpha(alpha)
+    check_float(act_absmax, "act_absmax")
+    check_float(w_absmax, "w_absmax")
+    if act_absmax.shape != w_absmax.shape:
+        raise ValueError(f"one statistic per input channel: act_absmax {tuple(act_absmax.shape)} vs "
+                         f"w_absmax {tuple(w_absmax.shape)}")
+    s = act_absmax.clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)
+    return s.clamp(min=1e-5)
+
+
+def mappings(layer, include_down: bool = False) -> list[Mapping]:
+    """SmoothQuant's pairs in a LLaMA layer: input RMSNorm -> q/k/v, post-attention RMSNorm -> gate/up
+    (llm-compressor's defaults), and optionally up_proj -> down_proj."""
+    keep = {"input_layernorm", "post_attention_layernorm"} | ({"up_proj"} if include_down else set())
+    return [m for m in layer_mappings(layer) if m.name in keep]
+
+
+def activation_absmax(model, calib: torch.Tensor, include_down: bool = False) -> dict[str, torch.Tensor]:
+    """Per input channel, the largest |activation| entering each mapping's first balance layer, from calibration."""
+    check_windows(calib)
+    names = {id(m): n for n, m in model.named_modules()}
+    maps = [m for layer in model.model.layers for m in mappings(layer, include_down)]
+    return input_channel_absmax(model, calib, [names[id(m.balance[0])] for m in maps])
+
+
+@torch.no_grad()
+def smooth_model(model, stats: dict[str, torch.Tensor], alpha: float, include_down: bool = False) -> dict[str, torch.Tensor]:
+    """Fold SmoothQuant factors into every decoder layer of `model` in place (stats from activation_absmax on the
+    unsmoothed model); return the factors by balance layer."""
+    check_alpha(alpha)
+    names = {id(m): n for n, m in model.named_modules()}
+    factors = {}
+    for m in [m for layer in model.model.layers for m in mappings(layer, include_down)]:
+        name = names[id(m.balance[0])]
+        if name not in stats:
+            raise KeyError(f"no activation statistics for {name}: compute them with activation_absmax(model, calib, "
+                           f"include_down={include_down})")
+        s = smoothing_factors(stats[name], weight_absmax(m.balance), alpha)
+        fold_scales(m, s)
+        factors[name] = s
+    return factors
+
+
+def w8a8(model, per_token: bool = True, act_dtype: torch.dtype = torch.float32) -> dict:
+    """Put every decoder linear layer on torch._int_mm (int8 x int8 -> int32) in place; return the originals.
+
+    Weights get one int8 scale per output channel; activations are quantized on the fly, one scale per token
+    (per_token=True) or one for the whole input (per_token=False). Undo with kernels.restore_linears."""
+    return kernels.swap_linears(model, "int8_w8a8", act_dtype=act_dtype, per_token=per_token)
