@@ -169,6 +169,18 @@ _GPU_PATTERNS = (("H100", "NVL", None), ("H100", "PCIE", "H100 PCIe"), ("H100", 
                  ("3090", "", "RTX 3090"))
 
 
+def reference(slug: str) -> dict:
+    """Committed benchmark results for one device, data/bench/<slug>.json (see scripts/benchmark.py)."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "data" / "bench" / f"{slug}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in path.parent.glob("*.json"))
+        raise FileNotFoundError(f"no reference results {path.name}; committed ones: {known}")
+    return json.loads(path.read_text())
+
+
 def match_gpu(device_name: str) -> str | None:
     """The data/gpus.csv name of a CUDA device ('NVIDIA H100 80GB HBM3' -> 'H100 SXM'), or None."""
     name = device_name.upper()

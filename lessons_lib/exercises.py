@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from . import codebooks, formats
+from . import codebooks, formats, smoothquant
 from . import quantize
 from . import hardware as hw
 
@@ -114,6 +114,38 @@ EXERCISES: dict[str, Exercise] = {
         lambda: (0.01 * 16 + 0.99 * quantize.bits_per_weight(4, "group", (4096, 4096), 128))
         / quantize.bits_per_weight(4, "group", (4096, 4096), 128) - 1, 1e-6,
         "Mixed storage: 1% of weights at 16 bits, 99% at 4 + 16/128 bits; divide by 4 + 16/128 and subtract 1.",
+    ),
+    "06.smoothing_factor": Exercise(
+        "A channel's largest |activation| is 40 and the largest |weight| in its column is 0.5. SmoothQuant's factor s "
+        "for it at alpha = 0.5?",
+        lambda: smoothquant.smoothing_factors(torch.tensor([40.0]), torch.tensor([0.5]), 0.5).item(), 1e-5,
+        "s = max|X|^alpha / max|W|^(1 - alpha); at alpha = 0.5 both are square roots.",
+    ),
+    "06.codes_left": Exercise(
+        "Per-tensor symmetric INT8 with absmax 1200: how many distinct nonnegative codes do values in [0, 6] get?",
+        lambda: len(torch.unique(quantize.quantize_rtn(torch.cat([torch.tensor([1200.0]), torch.linspace(0, 6, 10001)]),
+                                                       8, "tensor").q.flatten()[1:])), 0,
+        "The step is 1200 / 127; count the codes round(x / step) for x from 0 to 6 (0 counts).",
+    ),
+    "07.grad_shift": Exercise(
+        "The smallest integer k such that 3e-6 * 2**k is at least FP8 E4M3's smallest normal value.",
+        lambda: math.ceil(math.log2(formats.get("fp8_e4m3").min_normal / 3e-6)), 0,
+        "E4M3's smallest normal value is 2**(1 - 7) = 2**-6; solve 3e-6 * 2**k >= 2**-6 for k and round up.",
+    ),
+    "07.kv_fp8_bytes": Exercise(
+        "Bytes of KV cache per token for Llama-3-70B with an FP8 cache (hardware.LLAMA3_70B).",
+        lambda: hw.LLAMA3_70B.kv_bytes_per_token("fp8"), 1e-6,
+        "K and V (2) x 80 layers x 8 KV heads x 128 head dim x 1 byte.",
+    ),
+    "08.h200_ridge": Exercise(
+        "The H200's ridge point for bf16 from its datasheet (989.5 TFLOP/s dense, 4.8 TB/s), in FLOP per byte.",
+        lambda: hw.ridge_point(hw.gpu("H200"), "bf16"), 1e-3,
+        "Peak FLOP/s divided by bytes/s: the intensity at which memory time and compute time are equal.",
+    ),
+    "08.int4_gemv_us": Exercise(
+        "Least time in microseconds to read a 14336 x 4096 weight in 4-bit (no scales) at the H200's datasheet bandwidth.",
+        lambda: 14336 * 4096 * 0.5 / (hw.gpu("H200").bandwidth_gbs * 1e9) * 1e6, 1e-3,
+        "Bytes = weights x 0.5; time = bytes / (4800e9 bytes/s); multiply by 1e6 for microseconds.",
     ),
 }
 

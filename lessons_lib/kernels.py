@@ -48,7 +48,7 @@ def device_name(device: str | torch.device) -> str:
     """The GPU's name, or the CPU model name from /proc/cpuinfo."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cuda (no CUDA GPU here)"
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -129,6 +129,8 @@ def test_gpu_rules_read_compute_capability(monkeypatch):
 
 def test_no_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(kernels.UnsupportedKernel, match="no CUDA GPU"):  # the message itself must not touch CUDA
+        kernels.require("fp8", "cuda")
     assert "no CUDA GPU" in kernels.unsupported_reason("bf16", "cuda")
 
 

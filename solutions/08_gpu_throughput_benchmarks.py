@@ -1,0 +1,5 @@
+"""Instructor solutions for lesson 08 (tests/test_exercises.py runs them against the checkers)."""
+from lessons_lib.exercises import check
+
+assert check("08.h200_ridge", 989.5e12 / 4.8e12)
+assert check("08.int4_gemv_us", 14336 * 4096 / 2 / 4.8e12 * 1e6)
