@@ -292,12 +292,10 @@ class Int8WeightOnly(QuantWeight):
         return self.q.float() * self.scale.float()[:, None]
 
 
-def _quantize_int8_act(x: torch.Tensor, per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 activations with one scale per token (row), or one for the whole tensor (broadcast to every row)."""
-    if per_token:
-        return _quantize_int8(x)
-    scale = _absmax_scale(x.reshape(1, -1), 127.0)
-    return (x.float() / scale).round().clamp(-127, 127).to(torch.int8), scale
+def _quantize_int8_act(x: torch.Tensor, per_token: bool, half_range: float = 127.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 activations with one scale (absmax / half_range) per token (row), or one for the whole tensor."""
+    scale = _absmax_scale(x if per_token else x.reshape(1, -1), half_range)
+    return (x.float() / scale).round().clamp(-128, 127).to(torch.int8), scale
 
 
 class Int8W8A8(QuantWeight):
@@ -306,28 +304,32 @@ class Int8W8A8(QuantWeight):
     fmt = "int8_w8a8"
     tensor_names = ("q", "scale")
 
-    def __init__(self, w: torch.Tensor, act_dtype: torch.dtype, per_token: bool = True):
+    def __init__(self, w: torch.Tensor, act_dtype: torch.dtype, per_token: bool = True, act_half_range: float = 127.0):
         super().__init__(w, act_dtype)
         q, scale = _quantize_int8(w)
         self.q, self.scale = q.contiguous(), scale.T.contiguous()  # scale [1, out]
-        self.per_token = per_token
+        self.per_token, self.act_half_range = per_token, act_half_range
         self.min_rows = 32 if w.device.type == "cuda" else 1  # CUDA _int_mm: batch > 16 (we pad to 32, x8)
 
     @classmethod
     def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, act_dtype: torch.dtype = torch.bfloat16,
-                   per_token: bool = True) -> "Int8W8A8":
-        """Wrap ready-made int8 codes q [out, in] with per-row scales [out] or [out, 1] (w = q * scale)."""
+                   per_token: bool = True, act_half_range: float = 127.0) -> "Int8W8A8":
+        """Wrap ready-made int8 codes q [out, in] with per-row scales [out] or [out, 1] (w = q * scale).
+
+        act_half_range sets the activation grid: absmax / 127 (codes -127..127) by default; compressed-tensors
+        checkpoints use absmax / 127.5 (codes -128..127)."""
         if q.dtype != torch.int8:
             raise TypeError(f"int8 codes must be a torch.int8 tensor, got {q.dtype}")
         require("int8_w8a8", q.device, q.shape[0], q.shape[1])
         self = cls.__new__(cls)
         QuantWeight.__init__(self, q, act_dtype)
         self.q, self.scale = q.contiguous(), scale.float().reshape(1, -1).contiguous()
-        self.per_token, self.min_rows = per_token, 32 if q.device.type == "cuda" else 1
+        self.per_token, self.act_half_range = per_token, act_half_range
+        self.min_rows = 32 if q.device.type == "cuda" else 1
         return self
 
     def _act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _quantize_int8_act(x, self.per_token)
+        return _quantize_int8_act(x, self.per_token, self.act_half_range)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         m = x.shape[0]

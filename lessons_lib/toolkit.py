@@ -105,7 +105,8 @@ def load_on_kernels(out_dir: str | Path, device: str = "cpu"):
             codes = unpack_from_int32(tensors[f"{name}.weight_packed"], 4, shape).to(torch.int32) + 8  # -8..7 -> 0..15
             qw = kernels.Int4WeightOnly.from_codes(codes.to(device), scale, torch.zeros_like(scale), group_size)
         else:
-            qw = kernels.Int8W8A8.from_codes(tensors[f"{name}.weight"].to(device), scale, torch.float32)
+            qw = kernels.Int8W8A8.from_codes(tensors[f"{name}.weight"].to(device), scale, torch.float32,
+                                             act_half_range=127.5)  # compressed-tensors' activation grid
         kernels._set_module(model, name, kernels.QuantLinear(qw, model.get_submodule(name).bias))
     return model
 
