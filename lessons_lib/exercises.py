@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from . import codebooks, formats, smoothquant
+from . import codebooks, decide, formats, smoothquant
 from . import quantize
 from . import hardware as hw
 
@@ -17,7 +17,7 @@ class Exercise:
     """A question, how to compute its answer, the accepted relative tolerance, and a hint."""
 
     question: str
-    expected: Callable[[], float]
+    expected: Callable[[], float | str]
     rel_tol: float
     hint: str
 
@@ -147,6 +147,27 @@ EXERCISES: dict[str, Exercise] = {
         lambda: 14336 * 4096 * 0.5 / (hw.gpu("H200").bandwidth_gbs * 1e9) * 1e6, 1e-3,
         "Bytes = weights x 0.5; time = bytes / (4800e9 bytes/s); multiply by 1e6 for microseconds.",
     ),
+    "09.scenario_chat": Exercise(
+        "Llama-3-70B, batch 1, 4096-token context, 50 ms per token, quality cost at most 5%: which deployment?",
+        lambda: decide.course_choice(batch=1, context=4096, latency_ms=50.0, max_quality_cost=0.05), 0,
+        "Drop what does not fit, then what is too slow (floor / kernel efficiency), then what costs too much quality; "
+        "of the rest take the lowest $/M tokens. decide.assess does the arithmetic.",
+    ),
+    "09.scenario_strict": Exercise(
+        "As the scenario, but with at most 1% quality cost: which deployment?",
+        lambda: decide.course_choice(batch=1, context=4096, latency_ms=50.0, max_quality_cost=0.01), 0,
+        "Which formats cost at most 1% in lessons 03-07? Then apply the latency rule and take the cheapest.",
+    ),
+    "09.scenario_batch": Exercise(
+        "16 sequences at once, 100 ms per token, quality cost at most 5%: which deployment?",
+        lambda: decide.course_choice(batch=16, context=4096, latency_ms=100.0, max_quality_cost=0.05), 0,
+        "The KV cache of 16 x 4096 tokens must fit beside the weights; cost per token falls with the batch.",
+    ),
+    "09.a100_to_h100_floor": Exercise(
+        "Factor by which the decode-step bandwidth floor shrinks from one A100 80GB (INT8) to one H100 SXM (FP8).",
+        lambda: hw.gpu("H100 SXM").bandwidth_gbs / hw.gpu("A100 80GB").bandwidth_gbs, 1e-3,
+        "INT8 and FP8 are both one byte per weight, so only the bandwidth changes (datasheets, data/gpus.csv).",
+    ),
 }
 
 
@@ -168,12 +189,16 @@ def check(key: str, answer) -> bool:
     if answer is None:
         print(f"[{key}] not answered yet. {ex.question}\nHint: {ex.hint}")
         return False
+    expected = ex.expected()
+    if isinstance(expected, str):  # a choice, e.g. a deployment label: compared without case or extra spaces
+        right = " ".join(str(answer).lower().split()) == " ".join(expected.lower().split())
+        print(f"[{key}] correct." if right else f"[{key}] not quite: {answer!r} is not the best choice. Hint: {ex.hint}")
+        return right
     try:
         value = float(answer)
     except (TypeError, ValueError):
         print(f"[{key}] expected a number, got {answer!r}. Hint: {ex.hint}")
         return False
-    expected = ex.expected()
     if math.isclose(value, expected, rel_tol=ex.rel_tol):
         print(f"[{key}] correct.")
         return True

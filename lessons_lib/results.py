@@ -21,6 +21,22 @@ def record(lesson: str, **values) -> dict:
     return stored
 
 
+def reference(lesson: str) -> dict:
+    """The results lesson `lesson` recorded on the course machine, committed as data/results/<lesson>.json."""
+    committed = Path(__file__).resolve().parent.parent / "data" / "results" / f"{lesson}.json"
+    if not committed.exists():
+        raise LookupError(f"no committed results for lesson {lesson} ({committed})")
+    return json.loads(committed.read_text())
+
+
+def read_or_reference(lesson: str, **expected) -> tuple[dict, str]:
+    """This machine's results of a lesson if it ran with `expected` settings, else the committed ones; and which."""
+    try:
+        return read(lesson, **expected), "this machine"
+    except LookupError:
+        return reference(lesson), "committed (course machine)"
+
+
 def read(lesson: str, **expected) -> dict:
     """The lesson's results; raise LookupError if missing or if they were measured with other `expected` settings."""
     if not path(lesson).exists():

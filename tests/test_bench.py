@@ -139,13 +139,35 @@ def test_script_targets_say_unknown_when_a_format_is_missing():
     assert t["bf16_fraction_of_floor"]["met"] is None
 
 
-def test_script_helpers():
-    s = _script()
-    assert s.slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
-    assert s.compute_dtype("int4_wo", torch.device("cuda")) == "bf16"
-    assert s.compute_dtype("int8_w8a8", torch.device("cpu")) == "int8"
-    assert s._steps_that_fit(0.5, 64, 6.0) == 12 and s._steps_that_fit(1e-3, 64, 6.0) == 64
-    assert s._steps_that_fit(5.0, 64, 6.0) == 8
+def test_script_and_throughput_helpers():
+    from lessons_lib import throughput as tp
+
+    assert _script().slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert tp.compute_dtype("int4_wo", torch.device("cuda")) == "bf16"
+    assert tp.compute_dtype("int8_w8a8", torch.device("cpu")) == "int8"
+    assert tp.steps_that_fit(0.5, 64, 6.0) == 12 and tp.steps_that_fit(1e-3, 64, 6.0) == 64
+    assert tp.steps_that_fit(5.0, 64, 6.0) == 8
+
+
+def test_crossover_batch_is_where_compute_time_reaches_memory_time():
+    from lessons_lib import throughput as tp
+
+    n = k = 4096  # bf16 weight, 2-byte activations, ridge 200 FLOP/byte: compute-bound from about batch 200
+    b = tp.crossover_batch(n, k, n * k * 2, 2, peak_flops=200e12, bandwidth=1e12)
+    flops = lambda m: bench.gemm_flops(m, n, k) / 200e12  # noqa: E731
+    moved = lambda m: bench.gemm_bytes(m, n, k, n * k * 2, 2, 2) / 1e12  # noqa: E731
+    assert flops(b) >= moved(b) and flops(b - 1) < moved(b - 1) and 150 < b < 250
+    assert tp.crossover_batch(n, k, n * k / 2, 2, 200e12, 1e12) < b / 3  # 4-bit weights: compute-bound sooner
+
+
+def test_gemm_point_reports_rates_and_roofline(tmp_path):
+    from lessons_lib import kernels
+    from lessons_lib import throughput as tp
+
+    qw = kernels.quantize("fp32", torch.randn(64, 128))
+    p = tp.gemm_point(tp.rotating_copies(qw, 4 * qw.nbytes), 2, 1e10, {"fp32": 1e11}, torch.device("cpu"), 0.01)
+    assert p["format"] == "fp32" and p["copies"] == 4 and p["gb_per_s"] > 0 and p["tflops"] > 0
+    assert 0 < p["fraction_of_roofline"] and p["bound"] in ("memory", "compute")
 
 
 def test_script_summary_survives_partial_results(tmp_path):

@@ -1,0 +1,126 @@
+"""Choosing a deployment: the rules lesson 09 applies to every candidate, and draws as a flow chart."""
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+from . import hardware as hw
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to serve the model: weight format on n GPUs of one kind."""
+
+    fmt: str
+    gpu: str
+    n_gpus: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.n_gpus}x {self.gpu} {self.fmt}"
+
+
+# The rules, in the order they are applied: (column that must be True, the question it answers).
+RULES = (
+    ("fits", "Do the weights and the KV cache of the batch fit in 90% of GPU memory?"),
+    ("fast_enough", "Is the expected decode step within the latency budget?"),
+    ("accurate_enough", "Is the measured quality cost within the tolerance?"),
+)
+FINAL = "Of the rest: the lowest cost per million tokens"
+
+
+def assess(shape: hw.ModelShape, c: Candidate, quality_cost: dict[str, float], usd_per_gpu_hour: dict[str, float],
+           efficiency: dict[str, float] | None = None, batch: int = 1, context: int = 4096, latency_ms: float = 50.0,
+           max_quality_cost: float = 0.05, kv_fmt: str = "fp16") -> dict:
+    """Everything the rules need about one candidate: memory, expected step time, quality cost, cost."""
+    if c.fmt not in quality_cost:
+        raise KeyError(f"no measured quality cost for {c.fmt!r}; known: {sorted(quality_cost)}")
+    if c.gpu not in usd_per_gpu_hour:
+        raise KeyError(f"no price for {c.gpu!r}; give usd_per_gpu_hour[{c.gpu!r}]")
+    eff = (efficiency or {}).get(c.fmt, 1.0)
+    if not 0 < eff <= 1:
+        raise ValueError(f"kernel efficiency for {c.fmt} must be in (0, 1], got {eff}")
+    p = hw.plan(shape, c.fmt, c.gpu, n_gpus=c.n_gpus, batch=batch, context=context, kv_fmt=kv_fmt,
+                usd_per_gpu_hour=usd_per_gpu_hour[c.gpu])
+    step_ms = p.step_ms / eff
+    tokens_per_s = batch / step_ms * 1e3
+    return {"deployment": c.label, "fmt": c.fmt, "gpu": c.gpu, "n_gpus": c.n_gpus, "weights GB": p.weights_gb,
+            "floor ms": p.step_ms, "expected ms": step_ms, "tokens/s": tokens_per_s,
+            "quality cost": quality_cost[c.fmt],
+            "$/month": p.usd_per_month, "$/M tokens": hw.cost_per_million_tokens(c.n_gpus, usd_per_gpu_hour[c.gpu], tokens_per_s),
+            "fits": p.fits, "fast_enough": step_ms <= latency_ms, "accurate_enough": quality_cost[c.fmt] <= max_quality_cost}
+
+
+def choose(rows: list[dict]) -> dict | None:
+    """The candidate that passes every rule at the lowest cost per million tokens (None if none passes)."""
+    passing = [r for r in rows if all(r[col] for col, _ in RULES)]
+    return min(passing, key=lambda r: r["$/M tokens"]) if passing else None
+
+
+def rejected_by(row: dict) -> str | None:
+    """The first rule a candidate fails, as its column name (None if it passes them all)."""
+    return next((col for col, _ in RULES if not row[col]), None)
+
+
+def draw_flow(ax, rows: list[dict] | None = None) -> None:
+    """Draw RULES as a flow chart on a matplotlib axis; with rows, list who leaves at each rule and who wins."""
+    n = len(RULES) + 1
+    ax.set(xlim=(0, 10), ylim=(0, 2 * n), xticks=[], yticks=[])
+    ax.axis("off")
+    box = dict(boxstyle="round,pad=0.4", fc="#eef3fb", ec="#4a6fa5")
+    for i, (col, question) in enumerate(list(RULES) + [("choice", FINAL)]):
+        y = 2 * (n - i) - 1
+        ax.text(3.5, y, question, ha="center", va="center", fontsize=9, bbox=box, wrap=True)
+        if i < len(RULES):
+            ax.annotate("", xy=(3.5, y - 1.35), xytext=(3.5, y - 0.45), arrowprops=dict(arrowstyle="->"))
+            ax.text(3.7, y - 0.9, "yes", fontsize=8)
+            out = [r["deployment"] for r in rows or [] if rejected_by(r) == col]
+            ax.annotate("no: " + (textwrap.fill(", ".join(out), 48) if out else "(none)"), xy=(5.9, y), xytext=(6.6, y),
+                        fontsize=8, ha="left", va="center", color="#a33", arrowprops=dict(arrowstyle="<-", color="#a33"))
+        elif rows is not None:
+            best = choose(rows)
+            ax.text(3.5, y - 1.0, f"-> {best['deployment'] if best else 'nothing passes: relax a requirement'}",
+                    ha="center", fontsize=10, weight="bold")
+
+
+# On-demand $/GPU-hour, midpoints of the "specialty provider" ranges in Mercatus' cloud GPU pricing guide (May 2026,
+# https://www.mercatus-ai.com/blog/cloud-gpu-pricing): A100 80GB $1.10-1.50, H100 SXM5 $2.50-3.50, H200 $3.50-4.50.
+# Prices move: put your own in the lesson's parameters cell.
+PRICES = {"A100 80GB": 1.30, "H100 SXM": 3.00, "H200": 4.00}
+
+# Course format -> the lessons' perplexity entry that measures it (the best method of each, same evaluation set).
+FORMAT_RESULTS = {"int8": ("06", "SmoothQuant W8A8"), "fp8": ("07", "ours FP8 W8A8 (_scaled_mm)"),
+                  "int4": ("04/05", "best of GPTQ and AWQ W4"), "nf4": ("03", "NF4")}
+
+
+def quality_costs(r: dict[str, dict]) -> dict[str, float]:
+    """Relative perplexity increase over fp32 per format, from lessons 03-07's recorded results (fp16 = 0)."""
+    def cost(lesson: str, key: str) -> float:
+        ppl = r[lesson]["ppl"]
+        return ppl[key] / ppl["fp32"] - 1
+
+    int8_key = next(k for k in r["06"]["ppl"] if k.startswith("ours SmoothQuant"))
+    return {"fp16": 0.0, "int8": cost("06", int8_key), "fp8": cost("07", FORMAT_RESULTS["fp8"][1]),
+            "int4": min(cost("04", "ours W4 damp 0.1"), cost("05", "ours AWQ W4")), "nf4": cost("03", "NF4")}
+
+
+def kernel_efficiency(bench_results: dict) -> dict[str, float]:
+    """Fraction of the bandwidth floor each format's batch-1 decode reached in a committed GPU benchmark."""
+    floors = bench_results["decode"]["floors"]
+    names = {"fp16": "bf16", "int8": "int8_w8a8", "fp8": "fp8", "int4": "int4_wo", "nf4": "nf4"}
+    return {fmt: floors[b]["fraction_of_floor"] for fmt, b in names.items() if b in floors}
+
+# The 70B deployments lesson 09 compares (the seed's baseline first).
+CANDIDATES_70B = (Candidate("fp16", "A100 80GB", 2), Candidate("int8", "A100 80GB", 1), Candidate("nf4", "A100 80GB", 1),
+                  Candidate("int4", "A100 80GB", 1), Candidate("fp16", "H100 SXM", 2), Candidate("fp8", "H100 SXM", 1),
+                  Candidate("int4", "H100 SXM", 1), Candidate("fp8", "H200", 1), Candidate("fp16", "H200", 2))
+
+
+def course_choice(**requirements) -> str:
+    """The deployment the rules pick from CANDIDATES_70B with the committed course results (exercise checker)."""
+    from . import bench, results
+
+    recorded = {lesson: results.reference(lesson) for lesson in ("03", "04", "05", "06", "07")}
+    quality, eff = quality_costs(recorded), kernel_efficiency(bench.reference("nvidia-h200"))
+    best = choose([assess(hw.LLAMA3_70B, c, quality, PRICES, eff, **requirements) for c in CANDIDATES_70B])
+    return best["deployment"] if best else "none"
