@@ -127,6 +127,14 @@ EXERCISES: dict[str, Exercise] = {
                                                        8, "tensor").q.flatten()[1:])), 0,
         "The step is 1200 / 127; count the codes round(x / step) for x from 0 to 6 (0 counts).",
     ),
+    "06.int8_vs_fp16_floor": Exercise(
+        "(Interview question 1 of the seed.) Llama-3-70B on 2x A100 80GB at batch 1 with a 4096-token FP16 KV cache: "
+        "by what factor is the decode-step floor of FP16 weights larger than that of INT8 weights?",
+        lambda: hw.plan(hw.LLAMA3_70B, "fp16", "A100 80GB", n_gpus=2).step_ms
+        / hw.plan(hw.LLAMA3_70B, "int8", "A100 80GB", n_gpus=2).step_ms, 1e-4,
+        "Both read every weight byte and the whole KV cache once per step; only the weight bytes halve. "
+        "hardware.plan(...).step_ms gives each floor.",
+    ),
     "07.grad_shift": Exercise(
         "The smallest integer k such that 3e-6 * 2**k is at least FP8 E4M3's smallest normal value.",
         lambda: math.ceil(math.log2(formats.get("fp8_e4m3").min_normal / 3e-6)), 0,

@@ -306,10 +306,12 @@ class Int8W8A8(QuantWeight):
 
     def __init__(self, w: torch.Tensor, act_dtype: torch.dtype, per_token: bool = True, act_half_range: float = 127.0):
         super().__init__(w, act_dtype)
-        q, scale = _quantize_int8(w)
-        self.q, self.scale = q.contiguous(), scale.T.contiguous()  # scale [1, out]
+        self._store(*_quantize_int8(w), per_token, act_half_range)
+
+    def _store(self, q: torch.Tensor, scale: torch.Tensor, per_token: bool, act_half_range: float) -> None:
+        self.q, self.scale = q.contiguous(), scale.float().reshape(1, -1).contiguous()  # scale [1, out]
         self.per_token, self.act_half_range = per_token, act_half_range
-        self.min_rows = 32 if w.device.type == "cuda" else 1  # CUDA _int_mm: batch > 16 (we pad to 32, x8)
+        self.min_rows = 32 if q.device.type == "cuda" else 1  # CUDA _int_mm: batch > 16 (we pad to 32, x8)
 
     @classmethod
     def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, act_dtype: torch.dtype = torch.bfloat16,
@@ -323,9 +325,7 @@ class Int8W8A8(QuantWeight):
         require("int8_w8a8", q.device, q.shape[0], q.shape[1])
         self = cls.__new__(cls)
         QuantWeight.__init__(self, q, act_dtype)
-        self.q, self.scale = q.contiguous(), scale.float().reshape(1, -1).contiguous()
-        self.per_token, self.act_half_range = per_token, act_half_range
-        self.min_rows = 32 if q.device.type == "cuda" else 1
+        self._store(q, scale, per_token, act_half_range)
         return self
 
     def _act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
