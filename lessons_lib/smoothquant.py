@@ -43,12 +43,16 @@ def mappings(layer, include_down: bool = False) -> list[Mapping]:
     return [m for m in layer_mappings(layer) if m.name in keep]
 
 
+def _named_mappings(model, include_down: bool) -> list[tuple[str, Mapping]]:
+    """Every decoder layer's mappings, each with the module name of its first balance layer."""
+    names = {id(m): n for n, m in model.named_modules()}
+    return [(names[id(m.balance[0])], m) for layer in model.model.layers for m in mappings(layer, include_down)]
+
+
 def activation_absmax(model, calib: torch.Tensor, include_down: bool = False) -> dict[str, torch.Tensor]:
     """Per input channel, the largest |activation| entering each mapping's first balance layer, from calibration."""
     check_windows(calib)
-    names = {id(m): n for n, m in model.named_modules()}
-    maps = [m for layer in model.model.layers for m in mappings(layer, include_down)]
-    return input_channel_absmax(model, calib, [names[id(m.balance[0])] for m in maps])
+    return input_channel_absmax(model, calib, [name for name, _ in _named_mappings(model, include_down)])
 
 
 @torch.no_grad()
@@ -56,16 +60,13 @@ def smooth_model(model, stats: dict[str, torch.Tensor], alpha: float, include_do
     """Fold SmoothQuant factors into every decoder layer of `model` in place (stats from activation_absmax on the
     unsmoothed model); return the factors by balance layer."""
     check_alpha(alpha)
-    names = {id(m): n for n, m in model.named_modules()}
     factors = {}
-    for m in [m for layer in model.model.layers for m in mappings(layer, include_down)]:
-        name = names[id(m.balance[0])]
+    for name, m in _named_mappings(model, include_down):
         if name not in stats:
             raise KeyError(f"no activation statistics for {name}: compute them with activation_absmax(model, calib, "
                            f"include_down={include_down})")
-        s = smoothing_factors(stats[name], weight_absmax(m.balance), alpha)
-        fold_scales(m, s)
-        factors[name] = s
+        factors[name] = smoothing_factors(stats[name], weight_absmax(m.balance), alpha)
+        fold_scales(m, factors[name])
     return factors
 
 
