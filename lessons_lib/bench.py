@@ -6,12 +6,15 @@ run, so their spread is the spread of the rate itself.
 """
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import time
 from typing import Callable, Sequence
 
 import torch
+
+from . import resource
 
 
 def summarize(samples: Sequence[float]) -> tuple[float, float]:
@@ -162,27 +165,24 @@ def measure_matmul_peak(device: str | torch.device = "cpu", dtype: str = "bf16",
             "median_s": statistics.median(secs), "note": note}
 
 
-# Device names as torch reports them -> rows of data/gpus.csv (checked in this order; first match wins).
+# Device names as torch reports them -> rows of the GPU table (resources/gpus.csv) (checked in this order; first match wins).
 _GPU_PATTERNS = (("H100", "NVL", None), ("H100", "PCIE", "H100 PCIe"), ("H100", "", "H100 SXM"), ("H200", "", "H200"),
                  ("B200", "", "B200"), ("A100", "80GB", "A100 80GB"), ("A100", "", "A100 40GB"), ("A10G", "", "A10G"), ("A10", "", "A10"),
                  ("L40S", "", "L40S"), ("L4", "", "L4"), ("T4", "", "T4"), ("4090", "", "RTX 4090"),
                  ("3090", "", "RTX 3090"))
 
 
-def reference(slug: str) -> dict:
-    """Committed benchmark results for one device, data/bench/<slug>.json (see scripts/benchmark.py)."""
-    import json
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "data" / "bench" / f"{slug}.json"
-    if not path.exists():
-        known = sorted(p.stem for p in path.parent.glob("*.json"))
-        raise FileNotFoundError(f"no reference results {path.name}; committed ones: {known}")
+def committed(slug: str) -> dict:
+    """Benchmark results of one device measured on the course machines, resources/bench/<slug>.json."""
+    path = resource("bench", f"{slug}.json")
+    if not path.is_file():
+        known = sorted(p.name[:-5] for p in resource("bench").iterdir() if p.name.endswith(".json"))
+        raise FileNotFoundError(f"no committed results {slug}.json; committed ones: {known}")
     return json.loads(path.read_text())
 
 
 def match_gpu(device_name: str) -> str | None:
-    """The data/gpus.csv name of a CUDA device ('NVIDIA H100 80GB HBM3' -> 'H100 SXM'), or None."""
+    """The GPU-table name of a CUDA device ('NVIDIA H100 80GB HBM3' -> 'H100 SXM'), or None."""
     name = device_name.upper()
     for key, extra, row in _GPU_PATTERNS:
         if re.search(rf"(?<![A-Z0-9]){key}(?![0-9])", name) and extra in name:

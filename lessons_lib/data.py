@@ -1,11 +1,10 @@
-"""The course's offline text sets (data/text/) and fixed token windows cut from them."""
+"""The course's offline text sets (lessons_lib/resources/text/) and fixed token windows cut from them."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+from . import resource
+
 TEXT_SETS = {
     "eval": "held-out evaluation prose: State of the Union addresses 2022-2026 (public domain)",
     "calib": "calibration prose: State of the Union addresses 1990-2015 (public domain)",
@@ -18,7 +17,7 @@ def load_text(name: str = "eval") -> str:
     """Return one of the course's text sets by name (see TEXT_SETS)."""
     if name not in TEXT_SETS:
         raise ValueError(f"unknown text set {name!r}; choose one of {sorted(TEXT_SETS)}")
-    return (DATA_DIR / "text" / f"{name}.txt").read_text(encoding="utf-8")
+    return resource("text", f"{name}.txt").read_text(encoding="utf-8")
 
 
 def token_windows(tokenizer, name: str = "eval", n_windows: int = 8, length: int = 512, skip: int = 0) -> torch.Tensor:

@@ -121,6 +121,6 @@ def course_choice(**requirements) -> str:
     from . import bench, results
 
     recorded = {lesson: results.reference(lesson) for lesson in ("03", "04", "05", "06", "07")}
-    quality, eff = quality_costs(recorded), kernel_efficiency(bench.reference("nvidia-h200"))
+    quality, eff = quality_costs(recorded), kernel_efficiency(bench.committed("nvidia-h200"))
     best = choose([assess(hw.LLAMA3_70B, c, quality, PRICES, eff, **requirements) for c in CANDIDATES_70B])
     return best["deployment"] if best else "none"

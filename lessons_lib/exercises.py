@@ -174,7 +174,7 @@ EXERCISES: dict[str, Exercise] = {
     "09.a100_to_h100_floor": Exercise(
         "Factor by which the decode-step bandwidth floor shrinks from one A100 80GB (INT8) to one H100 SXM (FP8).",
         lambda: hw.gpu("H100 SXM").bandwidth_gbs / hw.gpu("A100 80GB").bandwidth_gbs, 1e-3,
-        "INT8 and FP8 are both one byte per weight, so only the bandwidth changes (datasheets, data/gpus.csv).",
+        "INT8 and FP8 are both one byte per weight, so only the bandwidth changes (datasheets, lessons_lib/resources/gpus.csv).",
     ),
 }
 

@@ -5,9 +5,10 @@ import csv
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
-GPU_TABLE = Path(__file__).resolve().parent.parent / "data" / "gpus.csv"
+from . import resource
+
+GPU_TABLE = resource("gpus.csv")  # datasheet rows, each with its source
 HOURS_PER_MONTH = 730.0  # 365 * 24 / 12
 # Bytes per weight of each storage format, before scales; 4-bit formats pack two weights per byte.
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "nf4": 0.5, "fp4": 0.5}
@@ -30,7 +31,7 @@ def _check_positive(**values: float) -> None:
 
 @dataclass(frozen=True)
 class GPU:
-    """One row of data/gpus.csv: datasheet memory, bandwidth and dense tensor-core rates."""
+    """One row of the GPU table (resources/gpus.csv): datasheet memory, bandwidth and dense tensor-core rates."""
 
     name: str
     architecture: str
@@ -52,12 +53,11 @@ class GPU:
 
 @lru_cache(maxsize=1)
 def _rows() -> tuple:
-    with open(GPU_TABLE, newline="") as f:
-        return tuple(csv.DictReader(f))
+    return tuple(csv.DictReader(GPU_TABLE.read_text(encoding="utf-8").splitlines()))
 
 
 def gpu(name: str) -> GPU:
-    """Look up a GPU of data/gpus.csv by name (case-insensitive)."""
+    """Look up a GPU of the table (resources/gpus.csv) by name (case-insensitive)."""
     rows = {r["name"].lower(): r for r in _rows()}
     row = rows.get(name.lower())
     if row is None:

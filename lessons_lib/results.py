@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import resource
 from .models import cache_dir
 
 
@@ -22,10 +23,10 @@ def record(lesson: str, **values) -> dict:
 
 
 def reference(lesson: str) -> dict:
-    """The results lesson `lesson` recorded on the course machine, committed as data/results/<lesson>.json."""
-    committed = Path(__file__).resolve().parent.parent / "data" / "results" / f"{lesson}.json"
-    if not committed.exists():
-        raise LookupError(f"no committed results for lesson {lesson} ({committed})")
+    """The results lesson `lesson` recorded on the course machine, shipped as resources/results/<lesson>.json."""
+    committed = resource("results", f"{lesson}.json")
+    if not committed.is_file():
+        raise LookupError(f"no committed results for lesson {lesson} (resources/results/{lesson}.json)")
     return json.loads(committed.read_text())
 
 

