@@ -8,6 +8,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 _durations: dict = defaultdict(float)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "conversion: converts the real offline model (slow; deselect with -m 'not conversion')")
+
+
 def pytest_runtest_logreport(report):
     path = report.nodeid.split("::")[0]
     _durations[path if path.endswith(".ipynb") else "unit tests"] += report.duration

@@ -1,12 +1,20 @@
 """Load the course's model: the offline SmolLM2-135M-Instruct by default, any hub model on request."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import importlib.util
+import json
 import os
 import shutil
+import struct
+import tempfile
+import warnings
 from pathlib import Path
 
 import torch
+
+from . import validate
 
 OFFLINE_MODEL = "offline:SmolLM2-135M-Instruct"
 _NOT_CACHED = ("it is not in the local Hugging Face cache and the hub cannot be reached from here. Use the offline "
@@ -31,14 +39,98 @@ def gguf_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
 
 
-def offline_checkpoint() -> Path:
-    """Convert the GGUF once to a plain safetensors folder in the cache; return that folder."""
-    folder = cache_dir() / "SmolLM2-135M-Instruct"
-    if (folder / "model.safetensors").exists() and (folder / "config.json").exists():
-        return folder
+CHECKPOINT_NAME = "SmolLM2-135M-Instruct"
+MANIFEST = "qht-manifest.json"  # written last by a conversion: every file's size and hash, the tensor count
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+REBUILD_COMMAND = "python -m lessons_lib.models"  # (`make setup` runs it)
+_HASHED_UP_TO = 16 << 20  # files up to 16 MB are hashed on every load; the weights get a structural check instead
+
+
+class BrokenCheckpoint(OSError):
+    """The offline model's converted folder is incomplete or corrupt (it is rebuilt, or says how)."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def safetensors_tensor_count(path: Path) -> int:
+    """Parse a .safetensors header (without reading the weights) and check it spans the file; return its tensor count."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise BrokenCheckpoint(f"{path.name} is {size} bytes, too short to hold a safetensors header")
+        n = struct.unpack("<Q", head)[0]
+        if n > min(size - 8, 100 << 20):
+            raise BrokenCheckpoint(f"{path.name} announces a {n}-byte header but the file is {size} bytes (truncated?)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BrokenCheckpoint(f"{path.name} has a garbled header ({err})") from None
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else None
+    if not tensors or not all(isinstance(v, dict) and len(v.get("data_offsets", ())) == 2 for v in tensors.values()):
+        raise BrokenCheckpoint(f"{path.name} has a header that lists no valid tensors")
+    end = max(v["data_offsets"][1] for v in tensors.values())
+    if 8 + n + end != size:
+        raise BrokenCheckpoint(f"{path.name} should be {8 + n + end} bytes by its header but is {size} (truncated?)")
+    return len(tensors)
+
+
+def _structure_problem(folder: Path) -> str | None:
+    """Cheap checks that need no manifest: required files present, JSON files parse, weights header spans the file."""
+    for name in REQUIRED_FILES:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        try:
+            json.loads((folder / name).read_text(encoding="utf-8"))
+        except (ValueError, OSError) as err:
+            return f"{name} is garbled or empty ({type(err).__name__}: {err})"
+    try:
+        safetensors_tensor_count(folder / "model.safetensors")
+    except OSError as err:
+        return str(err)
+    return None
+
+
+def checkpoint_problem(folder: Path, full: bool = False) -> str | None:
+    """What is wrong with a converted checkpoint folder (None if it is complete); full=True also hashes the weights."""
+    if not folder.is_dir():
+        return "it does not exist yet"
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files, n_tensors = manifest["files"], manifest["tensors"]
+        facts = [(name, f["size"], f["sha256"]) for name, f in files.items()]
+    except FileNotFoundError:
+        return f"{MANIFEST} is missing (an interrupted conversion, or one made by an older version of the course)"
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"{MANIFEST} is garbled ({type(err).__name__}: {err})"
+    for name in REQUIRED_FILES:
+        if name not in files:
+            return f"{MANIFEST} does not list {name}"
+    for name, size, digest in facts:
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} is {path.stat().st_size} bytes, not the {size} it was written with (truncated or edited)"
+        if (full or size <= _HASHED_UP_TO) and _sha256(path) != digest:
+            return f"{name} does not match the hash recorded at conversion (corrupt or edited)"
+    problem = _structure_problem(folder)
+    if problem is None and safetensors_tensor_count(folder / "model.safetensors") != n_tensors:
+        return f"model.safetensors does not hold the {n_tensors} tensors it was written with"
+    return problem
+
+
+def _convert(source: Path, dest: Path) -> None:
+    """Convert the GGUF file to a plain float32 safetensors folder `dest` (tokenizer included)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config and weights.
@@ -48,23 +140,65 @@ def offline_checkpoint() -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.tie_weights()
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir()) if p.is_file()}
+    manifest = {"files": files, "tensors": safetensors_tensor_count(folder / "model.safetensors"), "source": GGUF_FILE}
+    partial = folder / f"{MANIFEST}.{os.getpid()}.tmp"
+    partial.write_text(json.dumps(manifest, indent=1))
+    os.replace(partial, folder / MANIFEST)
+
+
+def offline_checkpoint() -> Path:
+    """The offline model as a plain safetensors folder in the cache: checked on every call, (re)built when needed.
+
+    A conversion holds a file lock and writes into a unique temporary folder that is renamed into place, so two
+    processes asking at once both get a complete folder."""
+    folder = cache_dir() / CHECKPOINT_NAME
+    problem = checkpoint_problem(folder)
+    if problem is None:
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{CHECKPOINT_NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process converting: wait for it, then use its folder
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        if folder.is_dir() and not (folder / MANIFEST).exists() and _structure_problem(folder) is None:
+            _write_manifest(folder)  # a complete folder from an older version of the course: adopt it
+            return folder
+        if folder.exists():
+            warnings.warn(f"The offline model's cache {folder} is unusable: {problem}. Rebuilding it (about 15 s).",
+                          stacklevel=2)
+        for stale in folder.parent.glob(f"{CHECKPOINT_NAME}.tmp-*"):  # left by a killed conversion (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{CHECKPOINT_NAME}.tmp-", dir=folder.parent))
+        try:
+            _convert(gguf_path(), tmp)
+            _write_manifest(tmp)
+            if folder.exists():
+                trash = folder.with_name(f"{tmp.name}-old")
+                folder.rename(trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        raise BrokenCheckpoint(f"converting the offline model into {folder} failed: {problem}. "
+                               f"Delete that folder and run `{REBUILD_COMMAND}`.")
     return folder
 
 
-def resolve_device(device: str | None = None) -> torch.device:
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """'cpu', 'cuda' or None (CUDA when present, else CPU), with a clear error for a missing GPU."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for, but this machine has no CUDA GPU: use device='cpu'.")
-    return dev
+    return validate.device(device)
 
 
 def hub_offline() -> bool:
@@ -83,27 +217,51 @@ def load_model(model_id: str | None = None, dtype: torch.dtype = torch.float32, 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    if model_id is not None:
+        validate.text(model_id, "model_id", "pass a hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct', a local "
+                                            "folder, or None for the offline model")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise validate.BadInput(f"dtype must be a floating-point torch.dtype such as torch.float32 or torch.bfloat16, "
+                                f"got {dtype!r}")
+    dev = resolve_device(device)
     hf_logging.disable_progress_bar()  # loading takes seconds; keep notebook outputs clean
     model_id = model_id or os.environ.get("QHT_MODEL") or OFFLINE_MODEL
-    path = offline_checkpoint() if model_id == OFFLINE_MODEL else model_id
-    dev = resolve_device(device)
-    if path == model_id and not Path(model_id).exists() and hub_offline():
-        from huggingface_hub import try_to_load_from_cache
+    extra = {} if quantization_config is None else {"quantization_config": quantization_config, "device_map": str(dev)}
+    if model_id == OFFLINE_MODEL:
+        folder = offline_checkpoint()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
+        except Exception as err:  # the folder passed its checks, so this is not the hub's doing
+            raise BrokenCheckpoint(f"The offline model's cache {folder} could not be loaded ({type(err).__name__}: {err}). "
+                                   f"Delete that folder and run `{REBUILD_COMMAND}` to rebuild it.") from err
+    else:
+        if not Path(model_id).exists() and hub_offline():
+            from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(model_id, "config.json"), str):
-            raise OSError(f"Could not load {model_id!r}: {_NOT_CACHED}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        extra = {} if quantization_config is None else {"quantization_config": quantization_config, "device_map": str(dev)}
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
-    except OSError as err:
-        raise OSError(f"Could not load {model_id!r}: {_NOT_CACHED} Original error: {err}") from err
+            if not isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+                raise OSError(f"Could not load {model_id!r}: {_NOT_CACHED}")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_id)
+            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, **extra)
+        except OSError as err:
+            where = "the local folder" if Path(model_id).exists() else _NOT_CACHED
+            raise OSError(f"Could not load {model_id!r}: {where} Original error: {err}") from err
     return (model if quantization_config is not None else model.to(dev)).eval(), tokenizer
+
+
+def _causal_lm(model):
+    """Refuse anything that is not a transformers model with a config (what load_model returns first)."""
+    validate.model(model)
+    if not hasattr(getattr(model, "config", None), "num_hidden_layers"):
+        raise validate.BadInput("model must be a transformers causal LM with a .config (models.load_model()), "
+                                f"got a {type(model).__name__}")
+    return model
 
 
 def describe(model) -> dict:
     """Architecture facts a lesson needs: layers, widths, heads, vocabulary, parameter count."""
-    c = model.config
+    c = _causal_lm(model).config
     return {
         "layers": c.num_hidden_layers,
         "hidden": c.hidden_size,
@@ -119,6 +277,7 @@ def describe(model) -> dict:
 
 def storage_bytes(model) -> int:
     """Bytes the model really stores: every parameter and buffer, plus the scales of packed 4-bit weights."""
+    validate.model(model)
     total = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
     for p in model.parameters():
         state = getattr(p, "quant_state", None)
@@ -131,6 +290,7 @@ def storage_bytes(model) -> int:
 
 def logical_parameters(model) -> int:
     """Parameter count as the architecture defines it (a packed 4-bit tensor holds two weights per byte)."""
+    validate.model(model)
     total = 0
     for p in model.parameters():
         state = getattr(p, "quant_state", None)
@@ -140,12 +300,15 @@ def logical_parameters(model) -> int:
 
 def linear_weights(model) -> dict:
     """The weight of every nn.Linear inside the decoder layers, by module name (the head is excluded)."""
+    validate.model(model)
     return {name: m.weight for name, m in model.named_modules()
             if isinstance(m, torch.nn.Linear) and ".layers." in f".{name}"}
 
 
 def q4_1_grid_fraction(weight: torch.Tensor, block: int = 32) -> float:
     """Fraction of blocks of `block` consecutive inputs whose values all lie on a 16-level grid min + k*step."""
+    validate.tensor(weight, "weight", dims=2, kind="float")
+    validate.integer(block, "block", lo=2)
     if weight.shape[-1] % block:
         raise ValueError(f"the input dimension {weight.shape[-1]} is not a multiple of block={block}")
     w = weight.detach().float().reshape(-1, block)
@@ -154,5 +317,11 @@ def q4_1_grid_fraction(weight: torch.Tensor, block: int = 32) -> float:
     return ((k - k.round()).abs() < 1e-2).all(1).float().mean().item()
 
 
-if __name__ == "__main__":  # `python -m lessons_lib.models`: prepare the offline checkpoint once
-    print("offline model ready:", offline_checkpoint())
+if __name__ == "__main__":  # `python -m lessons_lib.models [--verify]`: prepare (and check) the offline checkpoint
+    import sys
+
+    ready = offline_checkpoint()
+    problem = checkpoint_problem(ready, full=True) if "--verify" in sys.argv[1:] else None
+    if problem:
+        sys.exit(f"{ready}: {problem}. Delete that folder and run `{REBUILD_COMMAND}` again.")
+    print("offline model ready:", ready)

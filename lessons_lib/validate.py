@@ -1,0 +1,144 @@
+"""Checks every public function runs on what it is given, with one wording: what was wrong and what to do instead."""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Iterable
+
+import torch
+
+
+class BadInput(ValueError, TypeError):
+    """An argument of the wrong type, shape, dtype or range (catch it as ValueError or as TypeError)."""
+
+
+class UnknownName(KeyError, ValueError):
+    """A name (format, GPU, text set, exercise...) that is not among the known ones (a KeyError and a ValueError)."""
+
+    def __str__(self) -> str:  # KeyError would print the message inside quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class NoDevice(BadInput, RuntimeError):
+    """A CUDA device asked of a machine (or a torch build) without one."""
+
+
+def _fail(name: str, want: str, got, todo: str = "") -> BadInput:
+    shown = f"a tensor of shape {tuple(got.shape)} and dtype {got.dtype}" if isinstance(got, torch.Tensor) else repr(got)
+    if len(shown) > 120:
+        shown = shown[:117] + "..."
+    return BadInput(f"{name} must be {want}, got {shown}" + (f": {todo}" if todo else ""))
+
+
+def number(x, name: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+           hi_open: bool = False, todo: str = "") -> float:
+    """A finite real number (not a bool, not NaN) in [lo, hi] (or open ends); returned as float."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real) or (isinstance(x, torch.Tensor) and x.numel() != 1):
+        raise _fail(name, "a number", x, todo or "pass a plain int or float")
+    value = float(x)
+    if not math.isfinite(value):
+        raise _fail(name, "a finite number", x, todo or "NaN and Inf have no place here")
+    low_bad = lo is not None and (value <= lo if lo_open else value < lo)
+    high_bad = hi is not None and (value >= hi if hi_open else value > hi)
+    if low_bad or high_bad:
+        left = "" if lo is None else f"{'>' if lo_open else '>='} {lo:g}"
+        right = "" if hi is None else f"{'<' if hi_open else '<='} {hi:g}"
+        raise _fail(name, f"a number {' and '.join(s for s in (left, right) if s)}", x, todo)
+    return value
+
+
+def integer(x, name: str, lo: int | None = None, hi: int | None = None, todo: str = "") -> int:
+    """A whole number (an int, or a float without fraction; not a bool) in [lo, hi]; returned as int."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real) or isinstance(x, torch.Tensor):
+        raise _fail(name, "a whole number", x, todo or "pass a plain int")
+    if not math.isfinite(float(x)) or float(x) != int(x):
+        raise _fail(name, "a whole number", x, todo or "fractions make no sense here: pass an int")
+    value = int(x)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = " and ".join(s for s in (f">= {lo}" if lo is not None else "", f"<= {hi}" if hi is not None else "") if s)
+        raise _fail(name, f"a whole number {bounds}", x, todo)
+    return value
+
+
+def flag(x, name: str) -> bool:
+    """A bool (True/False), not a string or a number that merely looks like one."""
+    if not isinstance(x, bool):
+        raise _fail(name, "True or False", x)
+    return x
+
+
+def choice(x, name: str, options: Iterable, todo: str = "") -> str:
+    """One of `options` (e.g. a format or granularity name); anything else is refused, listing them."""
+    options = list(options)
+    if not isinstance(x, str) or x not in options:
+        raise UnknownName(f"unknown {name} {x!r}; choose one of {sorted(map(str, options))}" + (f": {todo}" if todo else ""))
+    return x
+
+
+def text(x, name: str, todo: str = "") -> str:
+    """A non-empty string."""
+    if not isinstance(x, str) or not x.strip():
+        raise _fail(name, "a non-empty string", x, todo)
+    return x
+
+
+def texts(x, name: str, todo: str = "") -> list[str]:
+    """A non-empty list (or tuple) of non-empty strings."""
+    if isinstance(x, str) or not isinstance(x, (list, tuple)) or not x:
+        raise _fail(name, "a non-empty list of strings", x, todo)
+    for i, item in enumerate(x):
+        text(item, f"{name}[{i}]", todo)
+    return list(x)
+
+
+def tensor(x, name: str, *, dims: int | tuple[int, ...] | None = None, kind: str | None = None, finite: bool = True,
+           nonempty: bool = True, todo: str = "") -> torch.Tensor:
+    """A torch.Tensor with `dims` dimensions, of `kind` "float" or "integer", non-empty and (floats) finite."""
+    if not isinstance(x, torch.Tensor):
+        raise _fail(name, "a torch.Tensor", x, todo or "wrap it with torch.tensor(...)")
+    allowed = (dims,) if isinstance(dims, int) else dims
+    if allowed is not None and x.dim() not in allowed:
+        want = " or ".join(f"{d}-D" for d in allowed)
+        raise _fail(name, f"a {want} tensor", x, todo or "reshape it (e.g. .reshape(rows, -1) or x[None])")
+    if kind == "float" and not x.is_floating_point():
+        raise _fail(name, "a floating-point tensor", x, todo or "convert it with .float()")
+    if kind == "integer" and (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool):
+        raise _fail(name, "a tensor of integer token ids", x, todo or "use tokenizer(...).input_ids or data.token_windows")
+    if nonempty and x.numel() == 0:
+        raise _fail(name, "a non-empty tensor", x, todo)
+    if finite and x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        raise _fail(name, "finite (no NaN or Inf)", x, todo or "find where NaN/Inf came from (overflow in fp16?) first")
+    return x
+
+
+def token_ids(x, name: str = "windows", min_length: int = 1, todo: str = "") -> torch.Tensor:
+    """A non-empty 2-D tensor [n_windows, length] of integer token ids, length >= min_length, no negative ids."""
+    todo = todo or "cut windows with data.token_windows(tokenizer, 'eval', n_windows, length)"
+    tensor(x, name, dims=2, kind="integer", todo=todo)
+    if x.shape[1] < min_length:
+        raise _fail(name, f"[n_windows, length >= {min_length}] token ids", x, todo)
+    if bool((x < 0).any()):
+        raise _fail(name, "token ids >= 0", x, todo)
+    return x
+
+
+def model(x, name: str = "model") -> torch.nn.Module:
+    """A torch.nn.Module (e.g. what models.load_model returns first)."""
+    if not isinstance(x, torch.nn.Module):
+        hint = "load_model returns (model, tokenizer): unpack it" if isinstance(x, tuple) else "load one with models.load_model()"
+        raise _fail(name, "a torch.nn.Module", x, hint)
+    return x
+
+
+def device(x, name: str = "device") -> torch.device:
+    """A device torch can use here: 'cpu', or 'cuda' only where a CUDA GPU is visible."""
+    try:
+        dev = torch.device(x)
+    except (RuntimeError, TypeError):
+        raise BadInput(f"{name} must be 'cpu' or 'cuda', got {x!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NoDevice(f"{name}={x!r} was asked for, but this machine has no CUDA GPU "
+                       f"(torch {torch.__version__}): use device='cpu'")
+    if dev.type not in ("cpu", "cuda"):
+        raise BadInput(f"{name} must be 'cpu' or 'cuda', got {x!r}")
+    return dev
