@@ -156,7 +156,7 @@ def measure_matmul_peak(device: str | torch.device = "cpu", dtype: str = "bf16",
     device = torch.device(device)
     n = n or (8192 if device.type == "cuda" else 1024)
     if dtype in ("int8", "fp8"):  # the same capability rules as the weight formats that use these kernels
-        require({"int8": "int8_w8a8", "fp8": "fp8"}[dtype], device, n, n)
+        require({"int8": "int8_w8a8", "fp8": "fp8_w8a8"}[dtype], device, n, n)
     fn = _matmul_fn(device, dtype, n)
     secs = samples(fn, warmup=2, repeats=repeats, device=device)
     flops, iqr = rate(2 * n**3, secs)

@@ -5,15 +5,21 @@ import textwrap
 from dataclasses import dataclass
 
 from . import hardware as hw
+from .kernels import FORMATS
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to serve the model: weight format on n GPUs of one kind."""
+    """One way to serve the model: weight format (a kernels.FORMATS name) on n GPUs of one kind."""
 
     fmt: str
     gpu: str
     n_gpus: int
+
+    @property
+    def storage(self) -> str:
+        """What the planner counts per weight (int4, fp8, ...): the format's storage type."""
+        return FORMATS[self.fmt].storage
 
     @property
     def label(self) -> str:
@@ -40,7 +46,7 @@ def assess(shape: hw.ModelShape, c: Candidate, quality_cost: dict[str, float], u
     eff = (efficiency or {}).get(c.fmt, 1.0)
     if not 0 < eff <= 1:
         raise ValueError(f"kernel efficiency for {c.fmt} must be in (0, 1], got {eff}")
-    p = hw.plan(shape, c.fmt, c.gpu, n_gpus=c.n_gpus, batch=batch, context=context, kv_fmt=kv_fmt,
+    p = hw.plan(shape, c.storage, c.gpu, n_gpus=c.n_gpus, batch=batch, context=context, kv_fmt=kv_fmt,
                 usd_per_gpu_hour=usd_per_gpu_hour[c.gpu])
     step_ms = p.step_ms / eff
     tokens_per_s = batch / step_ms * 1e3
@@ -89,31 +95,30 @@ def draw_flow(ax, rows: list[dict] | None = None) -> None:
 PRICES = {"A100 80GB": 1.30, "H100 SXM": 3.00, "H200": 4.00}
 
 # Course format -> the lessons' perplexity entry that measures it (the best method of each, same evaluation set).
-FORMAT_RESULTS = {"int8": ("06", "SmoothQuant W8A8"), "fp8": ("07", "ours FP8 W8A8 (_scaled_mm)"),
-                  "int4": ("04/05", "best of GPTQ and AWQ W4"), "nf4": ("03", "NF4")}
+FORMAT_RESULTS = {"int8_w8a8": ("06", "SmoothQuant W8A8"), "fp8_w8a8": ("07", "ours FP8 W8A8 (_scaled_mm)"),
+                  "int4_weight_only": ("04/05", "best of GPTQ and AWQ W4"), "nf4": ("03", "NF4")}
 
 
 def quality_costs(r: dict[str, dict]) -> dict[str, float]:
-    """Relative perplexity increase over fp32 per format, from lessons 03-07's recorded results (fp16 = 0)."""
+    """Relative perplexity increase over fp32 per format, from lessons 03-07's recorded results (bf16 = 0)."""
     def cost(lesson: str, key: str) -> float:
         ppl = r[lesson]["ppl"]
         return ppl[key] / ppl["fp32"] - 1
 
     int8_key = next(k for k in r["06"]["ppl"] if k.startswith("ours SmoothQuant"))
-    return {"fp16": 0.0, "int8": cost("06", int8_key), "fp8": cost("07", FORMAT_RESULTS["fp8"][1]),
-            "int4": min(cost("04", "ours W4 damp 0.1"), cost("05", "ours AWQ W4")), "nf4": cost("03", "NF4")}
+    return {"bf16": 0.0, "int8_w8a8": cost("06", int8_key), "fp8_w8a8": cost("07", FORMAT_RESULTS["fp8_w8a8"][1]),
+            "int4_weight_only": min(cost("04", "ours W4 damp 0.1"), cost("05", "ours AWQ W4")), "nf4": cost("03", "NF4")}
 
 
 def kernel_efficiency(bench_results: dict) -> dict[str, float]:
     """Fraction of the bandwidth floor each format's batch-1 decode reached in a committed GPU benchmark."""
     floors = bench_results["decode"]["floors"]
-    names = {"fp16": "bf16", "int8": "int8_w8a8", "fp8": "fp8", "int4": "int4_wo", "nf4": "nf4"}
-    return {fmt: floors[b]["fraction_of_floor"] for fmt, b in names.items() if b in floors}
+    return {fmt: f["fraction_of_floor"] for fmt, f in floors.items() if f.get("fraction_of_floor")}
 
 # The 70B deployments lesson 09 compares (the seed's baseline first).
-CANDIDATES_70B = (Candidate("fp16", "A100 80GB", 2), Candidate("int8", "A100 80GB", 1), Candidate("nf4", "A100 80GB", 1),
-                  Candidate("int4", "A100 80GB", 1), Candidate("fp16", "H100 SXM", 2), Candidate("fp8", "H100 SXM", 1),
-                  Candidate("int4", "H100 SXM", 1), Candidate("fp8", "H200", 1), Candidate("fp16", "H200", 2))
+CANDIDATES_70B = (Candidate("bf16", "A100 80GB", 2), Candidate("int8_w8a8", "A100 80GB", 1), Candidate("nf4", "A100 80GB", 1),
+                  Candidate("int4_weight_only", "A100 80GB", 1), Candidate("bf16", "H100 SXM", 2), Candidate("fp8_w8a8", "H100 SXM", 1),
+                  Candidate("int4_weight_only", "H100 SXM", 1), Candidate("fp8_w8a8", "H200", 1), Candidate("bf16", "H200", 2))
 
 
 def course_choice(**requirements) -> str:

@@ -32,11 +32,11 @@ def rotating_copies(qw: kernels.QuantWeight, rotate_bytes: int, most: int = 512)
 
 def compute_dtype(fmt: str, device: torch.device) -> str:
     """Which measured matmul peak bounds a format's compute (its roofline roof)."""
-    if device.type != "cuda":  # CPU: bf16 activations use bf16 arithmetic where the CPU has it, else fp32
-        bf16 = "bf16" if kernels.native_note("bf16", device)[0] else "fp32"
-        return {"fp32": "fp32", "fp16": "fp32", "fp8": "fp32", "int8_w8a8": "int8"}.get(fmt, bf16)
-    return {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "int8_wo": "fp32", "int8_w8a8": "int8",
-            "int4_wo": "bf16", "nf4": "bf16", "fp8": "fp8"}[fmt]
+    on_cuda, on_cpu = kernels.format_info(fmt).computes_in
+    if device.type == "cuda":
+        return on_cuda
+    # CPU: bf16 activations use bf16 arithmetic where the CPU has it, else fp32
+    return "fp32" if on_cpu == "bf16" and not kernels.native_note("bf16", device)[0] else on_cpu
 
 
 # ----------------------------------------------------------------------------------------------- GEMM sweep

@@ -143,7 +143,7 @@ def test_script_and_throughput_helpers():
     from lessons_lib import throughput as tp
 
     assert _script().slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
-    assert tp.compute_dtype("int4_wo", torch.device("cuda")) == "bf16"
+    assert tp.compute_dtype("int4_weight_only", torch.device("cuda")) == "bf16"
     assert tp.compute_dtype("int8_w8a8", torch.device("cpu")) == "int8"
     assert tp.steps_that_fit(0.5, 64, 6.0) == 12 and tp.steps_that_fit(1e-3, 64, 6.0) == 64
     assert tp.steps_that_fit(5.0, 64, 6.0) == 8

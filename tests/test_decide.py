@@ -3,7 +3,7 @@ import pytest
 from lessons_lib import decide
 from lessons_lib import hardware as hw
 
-QUALITY = {"fp16": 0.0, "int8": 0.01, "fp8": 0.02, "int4": 0.2, "nf4": 0.3}
+QUALITY = {"bf16": 0.0, "int8_w8a8": 0.01, "fp8_w8a8": 0.02, "int4_weight_only": 0.2, "nf4": 0.3}
 PRICES = {"A100 80GB": 1.0, "H100 SXM": 2.0, "H200": 3.0}
 
 
@@ -12,33 +12,33 @@ def rows(**kw):
 
 
 def test_assess_uses_the_planner_and_divides_by_efficiency():
-    c = decide.Candidate("fp8", "H100 SXM", 1)
+    c = decide.Candidate("fp8_w8a8", "H100 SXM", 1)
     ideal = decide.assess(hw.LLAMA3_70B, c, QUALITY, PRICES)
-    half = decide.assess(hw.LLAMA3_70B, c, QUALITY, PRICES, efficiency={"fp8": 0.5})
+    half = decide.assess(hw.LLAMA3_70B, c, QUALITY, PRICES, efficiency={"fp8_w8a8": 0.5})
     p = hw.plan(hw.LLAMA3_70B, "fp8", "H100 SXM", n_gpus=1)
     assert ideal["floor ms"] == pytest.approx(p.step_ms) and half["expected ms"] == pytest.approx(2 * p.step_ms)
     assert half["$/M tokens"] == pytest.approx(2 * ideal["$/M tokens"])
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
-        decide.assess(hw.LLAMA3_70B, c, QUALITY, PRICES, efficiency={"fp8": 1.5})
+        decide.assess(hw.LLAMA3_70B, c, QUALITY, PRICES, efficiency={"fp8_w8a8": 1.5})
     with pytest.raises(KeyError, match="no price"):
-        decide.assess(hw.LLAMA3_70B, decide.Candidate("fp8", "L4", 1), QUALITY, PRICES)
+        decide.assess(hw.LLAMA3_70B, decide.Candidate("fp8_w8a8", "L4", 1), QUALITY, PRICES)
 
 
 def test_rules_and_choice():
     loose = rows(latency_ms=1000.0, max_quality_cost=1.0)
     best = decide.choose(loose)
     assert best["deployment"] == min((r for r in loose if r["fits"]), key=lambda r: r["$/M tokens"])["deployment"]
-    strict = rows(max_quality_cost=0.015)  # only fp16 and int8 pass the quality rule
-    assert {r["fmt"] for r in strict if r["accurate_enough"]} == {"fp16", "int8"}
-    assert decide.rejected_by(next(r for r in strict if r["fmt"] == "int4")) in ("fast_enough", "accurate_enough")
+    strict = rows(max_quality_cost=0.015)  # only bf16 and int8 W8A8 pass the quality rule
+    assert {r["fmt"] for r in strict if r["accurate_enough"]} == {"bf16", "int8_w8a8"}
+    assert decide.rejected_by(next(r for r in strict if r["fmt"] == "int4_weight_only")) in ("fast_enough", "accurate_enough")
     assert decide.choose(rows(latency_ms=0.001)) is None  # nothing is that fast
 
 
 def test_course_inputs_come_from_committed_results():
     from lessons_lib import bench, results
 
-    q = decide.quality_costs({k: results.reference(k) for k in ("03", "04", "05", "06", "07")})
-    assert q["fp16"] == 0 and 0 < q["int8"] < q["int4"] and set(q) == {"fp16", "int8", "fp8", "int4", "nf4"}
+    q = decide.quality_costs({k: results.committed(k) for k in ("03", "04", "05", "06", "07")})
+    assert q["bf16"] == 0 and 0 < q["int8_w8a8"] < q["int4_weight_only"] and set(q) == {"bf16", "int8_w8a8", "fp8_w8a8", "int4_weight_only", "nf4"}
     eff = decide.kernel_efficiency(bench.committed("nvidia-h200"))
     assert all(0 < v <= 1 for v in eff.values())
     assert decide.course_choice() in {c.label for c in decide.CANDIDATES_70B}

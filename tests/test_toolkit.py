@@ -51,7 +51,7 @@ def _same_logits(checkpoint, fmt: str, tolerance: float) -> None:
 
 
 def test_w4a16_checkpoint_runs_on_the_int4_kernel_with_the_same_logits(w4_checkpoint):
-    _same_logits(w4_checkpoint, "int4_wo", 2e-2)  # bf16 activations and scales in the kernel
+    _same_logits(w4_checkpoint, "int4_weight_only", 2e-2)  # bf16 activations and scales in the kernel
 
 
 def test_w8a8_checkpoint_runs_on_int_mm_with_the_same_logits(w8a8_checkpoint):

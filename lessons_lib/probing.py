@@ -1,0 +1,58 @@
+"""What runs here: try every weight format of lessons_lib.kernels on a device, on a small case, and tabulate it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import kernels
+
+
+def probe(device: str | torch.device = "cpu", out_features: int = 256, in_features: int = 512,
+          batch: int = 4, seed: int = 0) -> dict:
+    """Try every format on a small case: does it run, natively or not, and does it agree with float32?"""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_features, in_features, generator=gen).to(device)
+    x = torch.randn(batch, in_features, generator=gen).to(device)
+    results = {}
+    for fmt in kernels.FORMATS:
+        reason = kernels.unsupported_reason(fmt, device, out_features, in_features)
+        results[fmt] = {"runs": False, "native": False, "reason": reason} if reason else _try(fmt, w, x)
+    return results
+
+
+def _try(fmt: str, w: torch.Tensor, x: torch.Tensor) -> dict:
+    """Quantize, run and check one format, trying its variants in order; the probe's entry for it."""
+    failures = []
+    for options in kernels.FORMATS[fmt].variants:
+        try:
+            qw = kernels.quantize(fmt, w, **options)
+            native, note = kernels.native_note(fmt, w.device)
+            entry = {"runs": True, "native": native, "kernel": note, "options": options, **kernels.check(qw, x, w)}
+            return {**entry, "failed_variants": failures} if failures else entry
+        except Exception as e:  # noqa: BLE001  (whatever torch raises, the probe reports it)
+            failures.append(f"{options or 'default'}: raised {type(e).__name__}: {first_line(e)}")
+    return {"runs": False, "native": False, "reason": "; ".join(failures)}
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, at most `limit` characters."""
+    text = str(e).strip().splitlines()
+    return (text[0] if text else "")[:limit]
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """One line of the probe table, for printing."""
+
+    fmt: str
+    runs: bool
+    native: bool
+    detail: str
+
+
+def probe_table(results: dict) -> list[ProbeRow]:
+    """The probe's results as rows: format, runs, native, and the kernel or the reason it does not run."""
+    return [ProbeRow(f, r["runs"], r.get("native", False), r.get("kernel") or r.get("reason", ""))
+            for f, r in results.items()]
