@@ -119,6 +119,34 @@ def synchronize(device: str | torch.device | None = None) -> None:
         torch.cuda.synchronize()
 
 
+class Budget:
+    """A run's wall-clock budget, checked between measurements (cooperative: nothing is interrupted), and its skips."""
+
+    def __init__(self, seconds: float, start: float | None = None, log: Callable[[str], None] = print):
+        self.seconds, self.log, self.skipped = seconds, log, []
+        self.start = time.monotonic() if start is None else start
+
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self.start
+
+    def left(self) -> float:
+        """Seconds left before the deadline (negative once it passed)."""
+        return self.seconds - self.elapsed()
+
+    def skip(self, what: str, why: str, for_budget: bool = False) -> None:
+        """Record (and log) a measurement that was not made, and why."""
+        self.skipped.append({"what": what, "why": why, "for_budget": for_budget})
+        self.log(f"-- skipped {what}: {why}")
+
+    def allows(self, what: str, need_s: float) -> bool:
+        """True if need_s seconds are left; otherwise record `what` as skipped for the budget."""
+        if self.left() >= need_s:
+            return True
+        self.skip(what, f"{self.left():.0f} s left of the budget, it wants {need_s:.0f} s", for_budget=True)
+        return False
+
+
 # ----------------------------------------------------------------------------------------------- ceilings
 def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int = 256 * 2**20, repeats: int = 20) -> dict:
     """Memory bandwidth from a large device-to-device copy: bytes read + bytes written per second."""

@@ -1,10 +1,16 @@
 """Lesson 08's measurements: GEMM points over rotating weight copies, and decode steps on a static KV cache.
 
-scripts/benchmark.py runs them headlessly over every format and batch; the notebook calls them on a few.
+scripts/benchmark.py runs them headlessly over every format and batch (the sections at the end of this module,
+each checking a bench.Budget between measurements); the notebook calls them on a few.
 """
 from __future__ import annotations
 
+import copy
+import datetime
+import gc
 import math
+import os
+import re
 import statistics
 import time
 import traceback
@@ -14,11 +20,12 @@ import torch
 from . import bench, kernels
 
 
-def _error_text(e: BaseException) -> str:
+def error_text(e: BaseException) -> str:
+    """The end of an exception's traceback, for a results file (every failure is data)."""
     return "".join(traceback.format_exception(type(e), e, e.__traceback__))[-3000:]
 
 
-def _finite(x):
+def finite(x):
     """x rounded to 6 significant digits, or None for nan/inf/None (strict JSON)."""
     if x is None or not math.isfinite(x):
         return None
@@ -53,7 +60,7 @@ def time_point(fn, args: list, device: torch.device, point_s: float) -> dict:
         try:
             out["graph"] = timing_stats(bench.graph_samples(fn, args, bench.adaptive_repeats(t1 * n, point_s, 6, 100)))
         except Exception as e:  # noqa: BLE001
-            out["graph_error"] = _error_text(e)[-600:]
+            out["graph_error"] = error_text(e)[-600:]
     return out
 
 
@@ -80,7 +87,7 @@ def gemm_point(copies: list, batch: int, bw: float | None, peaks: dict, device: 
         args = [(copies[i % len(copies)], xs[i % 2]) for i in range(max(len(copies), 2))]
         p.update(time_point(lambda q, x: q(x), args, device, point_s))
     except Exception as e:  # noqa: BLE001
-        p["error"] = _error_text(e)[-1500:]
+        p["error"] = error_text(e)[-1500:]
         return p
     best = p.get("graph", p["eager"])
     p["timer"] = "graph" if "graph" in p else "eager"
@@ -88,14 +95,14 @@ def gemm_point(copies: list, batch: int, bw: float | None, peaks: dict, device: 
     flops = bench.gemm_flops(batch, out_f, in_f)
     moved = bench.gemm_bytes(batch, out_f, in_f, qw.nbytes, act, act)
     t = best["median_s"]
-    p.update(flops=flops, bytes_moved=moved, intensity=_finite(bench.arithmetic_intensity(flops, moved)),
-             gb_per_s=_finite(moved / t / 1e9), gb_per_s_iqr=_finite(rate_iqr(moved, best) / 1e9),
-             tflops=_finite(flops / t / 1e12), tflops_iqr=_finite(rate_iqr(flops, best) / 1e12))
+    p.update(flops=flops, bytes_moved=moved, intensity=finite(bench.arithmetic_intensity(flops, moved)),
+             gb_per_s=finite(moved / t / 1e9), gb_per_s_iqr=finite(rate_iqr(moved, best) / 1e9),
+             tflops=finite(flops / t / 1e12), tflops_iqr=finite(rate_iqr(flops, best) / 1e12))
     peak = peaks.get(compute_dtype(fmt, device))
     if bw and peak:
         p["roof_dtype"] = compute_dtype(fmt, device)
-        p["roofline_s"] = _finite(bench.roofline_time(flops, moved, peak, bw))
-        p["fraction_of_roofline"] = _finite(bench.roofline_fraction(t, flops, moved, peak, bw))
+        p["roofline_s"] = finite(bench.roofline_time(flops, moved, peak, bw))
+        p["fraction_of_roofline"] = finite(bench.roofline_fraction(t, flops, moved, peak, bw))
         p["bound"] = "memory" if moved / bw >= flops / peak else "compute"
     return p
 
@@ -228,3 +235,321 @@ def crossover_batch(out_features: int, in_features: int, weight_bytes: float, ac
         if flops / peak_flops >= moved / bandwidth:
             return batch
     return None
+
+
+# ----------------------------------------------------------------------------------------------- benchmark sections
+# Largest batch timed per (device type, format), where the kernel is naive or emulated and slows down a lot.
+GEMM_BATCH_CAP = {("cuda", "int8_weight_only"): 64, ("cpu", "fp8_w8a8"): 16, ("cpu", "nf4"): 16, ("cpu", "fp16"): 16}
+DECODE_BATCH_CAP = {("cuda", "int8_weight_only"): 1, ("cpu", "nf4"): 1, ("cpu", "fp8_w8a8"): 1}
+# Batch-1 decode bars on a GPU: bf16 reaches 70% of its bandwidth floor, best 4-bit 2.5x bf16, FP8 1.6x bf16.
+DECODE_TARGETS = {"bf16_fraction_of_floor": 0.70, "best_4bit_speedup": 2.5, "fp8_speedup": 1.6}
+
+
+def batch_cap(fmt: str, device: torch.device, decode: bool = False) -> int:
+    """The largest batch worth timing for `fmt` on this device type (GEMM sweep, or decode)."""
+    return (DECODE_BATCH_CAP if decode else GEMM_BATCH_CAP).get((torch.device(device).type, fmt), 1 << 30)
+
+
+def strict_json(o):
+    """A copy of nested results with nan/inf floats as None (strict JSON)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): strict_json(v) for k, v in o.items()}
+    return [strict_json(v) for v in o] if isinstance(o, (list, tuple)) else o
+
+
+def set_cpu_threads(device: torch.device, threads: int | None = None) -> str:
+    """Set torch's CPU threads: as asked, else only the cores other processes leave free (returns a note).
+
+    Threads that wait on each other at every op stall whenever one of them is descheduled: on a 2-core machine
+    already running one busy process, two threads made decode 10-40x slower than one thread.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+        return f"torch CPU threads set to {threads} (--threads)"
+    if torch.device(device).type != "cpu" or not hasattr(os, "getloadavg"):
+        return ""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    free = max(1, int(cores - load + 0.5))
+    if free >= torch.get_num_threads():
+        return ""
+    torch.set_num_threads(free)
+    return f"torch CPU threads set to {free}: load {load:.1f} on {cores} cores leaves {free} free (--threads overrides)"
+
+
+def free_memory() -> None:
+    """Drop garbage and cached device blocks between measurements."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def environment(device: torch.device) -> dict:
+    """Device name and properties, versions, torch.utils.collect_env's report, date, and the CPU's load."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    from torch.utils import collect_env  # noqa: PLC0415
+
+    info = collect_env.get_env_info()._asdict()
+    env = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "device_type": device.type, "name": kernels.device_name(device), "torch": torch.__version__,
+           "collect_env": {k: v.splitlines() if k in ("pip_packages", "cpu_info") and v else v for k, v in info.items()}}
+    for pkg in ("transformers", "bitsandbytes", "triton", "torchao"):
+        try:
+            env[pkg] = version(pkg)
+        except PackageNotFoundError:
+            env[pkg] = None
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        env.update(compute_capability=f"{p.major}.{p.minor}", memory_bytes=p.total_memory,
+                   multiprocessors=p.multi_processor_count, l2_cache_bytes=getattr(p, "L2_cache_size", None),
+                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+        return env
+    l3 = re.search(r"L3 cache:\s*([\d.]+)\s*([KMG])iB", info.get("cpu_info") or "")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    env.update(cpu_threads=torch.get_num_threads(), cpu_count=os.cpu_count(), load_average_1min=load,
+               cpu_capability=torch.backends.cpu.get_cpu_capability(),
+               l3_cache_bytes=int(float(l3[1]) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[l3[2]]) if l3 else None)
+    if load is not None and load > 0.5:
+        env["warning"] = (f"the machine was busy (load average {load:.1f} on {os.cpu_count()} cores): CPU timings are "
+                          "unreliable; a descheduled thread stalls every op (try --threads 1, or a quiet machine)")
+    return env
+
+
+def ceilings(device: torch.device, bw_bytes: int, matmul_n: int, dtypes: list, log=print) -> dict:
+    """Measured bandwidth and matmul peaks, beside the datasheet row when the GPU is in the GPU table."""
+    from . import hardware  # noqa: PLC0415
+
+    out = {"bandwidth": None, "matmul": {}, "datasheet": None}
+    try:
+        out["bandwidth"] = bench.measure_bandwidth(device, bw_bytes)
+        log(f"bandwidth {out['bandwidth']['gb_per_s']:.0f} GB/s (iqr {out['bandwidth']['gb_per_s_iqr']:.0f})")
+    except Exception as e:  # noqa: BLE001
+        out["bandwidth"] = {"error": error_text(e)}
+    for dtype in dtypes:
+        try:
+            out["matmul"][dtype] = r = bench.measure_matmul_peak(device, dtype, matmul_n)
+            log(f"matmul {dtype}: {r['tflops']:.1f} TFLOP/s (iqr {r['tflops_iqr']:.1f})")
+        except Exception as e:  # noqa: BLE001
+            out["matmul"][dtype] = {"error": error_text(e)}
+        free_memory()
+    name = bench.match_gpu(kernels.device_name(device)) if device.type == "cuda" else None
+    if name:
+        g = hardware.gpu(name)
+        out["datasheet"] = {"table_name": g.name, "bandwidth_gbs": g.bandwidth_gbs, "rates_tflops": g.rates,
+                            "source": g.source, "notes": g.notes}
+        col = {"fp32": "fp32_tflops", "bf16": "bf16_tflops", "fp16": "fp16_tflops", "int8": "int8_tops",
+               "fp8": "fp8_tflops"}
+        ratios = {"bandwidth": finite(out["bandwidth"]["gb_per_s"] / g.bandwidth_gbs)} \
+            if "gb_per_s" in out["bandwidth"] else {}
+        ratios.update({d: finite(r["tflops"] / g.rates[col[d]]) for d, r in out["matmul"].items()
+                       if "tflops" in r and g.rates.get(col[d])})
+        out["measured_vs_datasheet"] = ratios
+    elif device.type == "cuda":
+        out["datasheet"] = {"error": f"no row of the GPU table matches {kernels.device_name(device)!r}"}
+    return out
+
+
+def ceiling_values(ceil: dict) -> tuple[float | None, dict]:
+    """(bandwidth bytes/s, {dtype: FLOP/s}) from measured ceilings, skipping the failed ones."""
+    bw = (ceil.get("bandwidth") or {}).get("gb_per_s")
+    return (bw * 1e9 if bw else None), {d: r["tflops"] * 1e12 for d, r in ceil.get("matmul", {}).items() if "tflops" in r}
+
+
+def _group(fmt: str, group_size: int | None) -> int | None:
+    """The run's int4 group size for the int4 kernel; every other format keeps its own default."""
+    return group_size if fmt == "int4_weight_only" else None
+
+
+def gemm_format(w: torch.Tensor, fmt: str, batches: list, bw, peaks: dict, rotate_bytes: int, point_s: float,
+                group_size: int | None = None, options: dict | None = None, log=print) -> list[dict]:
+    """gemm_point at every batch of one format on one weight: quantized and checked once, over rotating copies."""
+    (out_f, in_f), device = w.shape, w.device
+    try:
+        qw = kernels.quantize(fmt, w, group_size=_group(fmt, group_size), **(options or {}))
+        err = kernels.check(qw, torch.randn(8, in_f, device=device), w)
+        copies = rotating_copies(qw, rotate_bytes)
+    except Exception as e:  # noqa: BLE001
+        log(f"gemm {fmt} {out_f}x{in_f}: prepare failed {type(e).__name__}")
+        return [{"format": fmt, "out": out_f, "in": in_f, "error": error_text(e)}]
+    cap, points = batch_cap(fmt, device), []
+    for batch in batches:
+        if batch > cap:
+            points.append({"format": fmt, "out": out_f, "in": in_f, "batch": batch,
+                           "skipped": f"batch above {cap}: {kernels.native_note(fmt, device)[1]}"})
+        else:
+            points.append({**gemm_point(copies, batch, bw, peaks, device, point_s), "check": err})
+    log(f"gemm {fmt:16s} {out_f}x{in_f} copies={len(copies)} err={err['kernel_error']:.1e} TFLOP/s by batch "
+        + " ".join(f"{p['batch']}:{p.get('tflops') or float('nan'):.2g}" for p in points if "skipped" not in p))
+    return points
+
+
+def gemm_sweep(device: torch.device, shapes: list, batches: list, formats: list, probe: dict, bw, peaks: dict,
+               budget: bench.Budget, until_s: float, rotate_bytes: int, point_s: float,
+               group_size: int | None = None, points: list | None = None) -> list[dict]:
+    """y = x @ W.T for every format, shape and batch; stops starting formats once budget.elapsed() > until_s."""
+    points = [] if points is None else points
+    for out_f, in_f in shapes:
+        gen = torch.Generator().manual_seed(out_f * 7 + in_f)
+        w = (torch.randn(out_f, in_f, generator=gen) * 0.02).to(device)
+        for fmt in formats:
+            if budget.elapsed() > until_s:
+                budget.skip(f"gemm {out_f}x{in_f} {fmt} and later", "GEMM share of the budget used", for_budget=True)
+                break
+            points += gemm_format(w, fmt, batches, bw, peaks, rotate_bytes, point_s, group_size,
+                                  probe[fmt].get("options", {}), budget.log)
+            free_memory()
+        del w
+    return points
+
+
+def random_llama(device: torch.device, shape: dict, dtype: torch.dtype = torch.bfloat16):
+    """A LlamaForCausalLM of the given config shape with random weights, built on the device (speed only)."""
+    from transformers import LlamaConfig, LlamaForCausalLM  # noqa: PLC0415
+
+    config = LlamaConfig(**shape, tie_word_embeddings=False)
+    config._attn_implementation = "sdpa"
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(config, dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
+def guarded(fn, *args, **kwargs) -> dict:
+    """fn(*args, **kwargs), or {'error': ...} if it raised; device memory is freed either way."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        return {"error": error_text(e)[-1500:]}
+    finally:
+        free_memory()
+
+
+def in_format(model, fmt: str, base: str, group_size: int | None = None, options: dict | None = None):
+    """(model with its decoder linears in `fmt`, originals to restore or None): a converted copy on a CPU."""
+    device = next(model.parameters()).device
+    work = copy.deepcopy(model).to(kernels.default_act_dtype(fmt, device)) if fmt != base and device.type == "cpu" \
+        else model
+    if fmt in (base, "fp32", "bf16", "fp16"):
+        return work, None
+    opts = {"group_size": _group(fmt, group_size), **({"keep_codes": False} if fmt == "int4_weight_only" else {})}
+    originals = kernels.swap_linears(work, fmt, **opts, **(options or {}))
+    return work, (originals if work is model else None)
+
+
+def decode_format(model, fmt: str, base: str, batches: list, prompt: int, new_tokens: int, mode_s: float,
+                  budget: bench.Budget, group_size: int | None = None, options: dict | None = None) -> dict:
+    """One format end to end: convert the decoder linears, time prefill and decode per batch, convert back."""
+    device = next(model.parameters()).device
+    t0 = time.monotonic()
+    work, originals = in_format(model, fmt, base, group_size, options)
+    res = {"format": fmt, "batches": {}, "convert_s": time.monotonic() - t0,
+           "act_dtype": str(kernels.default_act_dtype(fmt, device)).replace("torch.", "")}
+    try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            res["kept_aside_bytes"] = sum(p.numel() * p.element_size() for lin in (originals or {}).values()
+                                          for p in lin.parameters())
+        res.update(weight_bytes=model_weight_bytes(work), bytes_read_per_token=bytes_read_per_token(work))
+        for batch in batches:
+            if batch > batch_cap(fmt, device, decode=True):
+                budget.skip(f"decode {fmt} batch {batch}", f"batch above the cap: {kernels.native_note(fmt, device)[1]}")
+            elif budget.allows(f"decode {fmt} batch {batch}", 8):
+                res["batches"][str(batch)] = decode_batch(work, batch, prompt, new_tokens, min(mode_s, budget.left()))
+                budget.log(f"decode {fmt:16s} batch {batch}: " + " ".join(
+                    f"{k}={v.get('tokens_per_s') or float('nan'):.1f}tok/s"
+                    for k, v in res["batches"][str(batch)].items() if isinstance(v, dict)))
+        if device.type == "cuda":
+            res.update(peak_allocated_bytes=torch.cuda.max_memory_allocated(device),
+                       peak_note="includes the bf16 linears kept aside to restore (kept_aside_bytes)")
+    finally:
+        if originals is not None:
+            kernels.restore_linears(work, originals)
+        del work
+        free_memory()
+    return res
+
+
+def decode_batch(model, batch: int, prompt: int, new_tokens: int, mode_s: float) -> dict:
+    """Prefill (batch 1 only) and decode at one batch size: eager, and on CUDA as one CUDA graph per step."""
+    device, vocab = next(model.parameters()).device, model.config.vocab_size
+    graphs, out = device.type == "cuda", {}
+    timing = (device, batch, prompt, new_tokens, vocab, mode_s)
+    with torch.no_grad():
+        if batch == 1:
+            out["prefill"] = guarded(time_prefill, model, device, batch, prompt, vocab)
+        if batch == 1 or not graphs:
+            out["eager"] = guarded(time_decode_eager, model, *timing)
+        if graphs:
+            out["graph"] = guarded(time_decode_graph, model, *timing)
+            if "error" in out["graph"] and "eager" not in out:  # no graph for this format: eager instead
+                out["eager"] = guarded(time_decode_eager, model, *timing)
+    eager, graph = out.get("eager", {}).get("tokens_per_s"), out.get("graph", {}).get("tokens_per_s")
+    if eager and graph:
+        out["graph_over_eager"] = graph / eager  # what removing launch overhead is worth at this batch
+    return out
+
+
+def best_tokens_per_s(r: dict, batch: int) -> float | None:
+    """Best decode tokens/s of one format's results at a batch size, over the timing modes that worked."""
+    modes = r.get("batches", {}).get(str(batch), {})
+    vals = [m["tokens_per_s"] for k, m in modes.items() if k != "prefill" and isinstance(m, dict) and "tokens_per_s" in m]
+    vals += [r["compiled"]["tokens_per_s"]] if batch == 1 and "tokens_per_s" in r.get("compiled", {}) else []
+    return max(vals) if vals else None
+
+
+def decode_floors(dec: dict, ceil: dict) -> dict:
+    """Per format: weight bytes per token / measured bandwidth = least batch-1 step time; the fraction reached."""
+    bw, _ = ceiling_values(ceil)
+    floors = {}
+    for r in dec["results"]:
+        if "bytes_read_per_token" in r and bw:
+            floor_s, best = r["bytes_read_per_token"] / bw, best_tokens_per_s(r, 1)
+            floors[r["format"]] = {"bytes_read_per_token": r["bytes_read_per_token"], "floor_step_s": floor_s,
+                                   "floor_tokens_per_s": 1 / floor_s, "best_batch1_tokens_per_s": best,
+                                   "fraction_of_floor": finite(best * floor_s) if best else None}
+    return floors
+
+
+def _bar(measured: float | None, target: float) -> dict:
+    return {"measured": finite(measured), "target": target, "met": None if measured is None else measured >= target}
+
+
+def decode_targets(dec: dict) -> dict:
+    """DECODE_TARGETS, measured at batch 1: bf16's fraction of its floor, best 4-bit and FP8 speedups over bf16."""
+    by = {r["format"]: best_tokens_per_s(r, 1) for r in dec["results"] if "batches" in r}
+    by = {f: v for f, v in by.items() if v}
+    bf16, four = by.get("bf16"), {f: by[f] for f in ("int4_weight_only", "nf4") if f in by}
+    best4 = max(four, key=four.get) if four else None
+    out = {"bf16_fraction_of_floor": _bar(dec.get("floors", {}).get("bf16", {}).get("fraction_of_floor"),
+                                          DECODE_TARGETS["bf16_fraction_of_floor"]),
+           "best_4bit_speedup": {**_bar(four[best4] / bf16 if bf16 and best4 else None,
+                                        DECODE_TARGETS["best_4bit_speedup"]), **({"format": best4} if bf16 and best4 else {})},
+           "fp8_speedup": _bar(by["fp8_w8a8"] / bf16 if bf16 and "fp8_w8a8" in by else None, DECODE_TARGETS["fp8_speedup"])}
+    out["speedup_vs_bf16_batch1"] = {f: finite(v / bf16) for f, v in by.items()} if bf16 else {}
+    out["compared"] = "best batch-1 decode tokens/s of each format over eager, CUDA graph and torch.compile"
+    return out
+
+
+def compiled_decode(model, prompt: int, new_tokens: int, mode: str = "reduce-overhead", log=print) -> dict:
+    """Batch-1 decode steps of the model as it stands under torch.compile: compile time and tokens/s."""
+    device, vocab = next(model.parameters()).device, model.config.vocab_size
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(model, mode=mode, dynamic=False)
+        cache = new_cache(model, 1, prompt + new_tokens + 16, device)
+        set_cache_length(cache, prompt)
+        state = {"tok": torch.randint(0, vocab, (1, 1), device=device)}
+
+        def once(i):  # cudagraph trees need the output cloned before the next replay
+            state["tok"] = step(compiled, cache, state["tok"]).clone()
+
+        t0 = time.monotonic()
+        for i in range(3):  # the first calls compile (and record the CUDA graph)
+            once(i)
+        bench.synchronize(device)
+        warm_s = time.monotonic() - t0
+        log(f"compile: first 3 steps took {warm_s:.1f} s")
+        secs = bench.samples(once, warmup=0, repeats=new_tokens, device=device)
+    torch._dynamo.reset()
+    return {"compile_and_warmup_s": warm_s, "mode": mode, **decode_result(secs, 1, cache)}

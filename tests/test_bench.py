@@ -99,7 +99,7 @@ def test_match_gpu_finds_the_datasheet_row(name, row):
         assert hardware.gpu(row).name == row
 
 
-# ----------------------------------------------------------------------------------------------- the script's helpers
+# ----------------------------------------------------------------------------------------------- the script and its sections
 def _script():
     import importlib.util
     from pathlib import Path
@@ -117,24 +117,26 @@ def _decode_result(fmt, graph_tps, bytes_per_token):
                               "graph": {"tokens_per_s": graph_tps}, "graph_over_eager": 4.0}}}
 
 
-def test_script_decode_floors_and_targets():
-    s = _script()
-    dec = {"results": [_decode_result("bf16", 200.0, 16e9), _decode_result("int4_wo", 450.0, 5e9),
-                       _decode_result("fp8", 330.0, 9e9), {"format": "nf4", "error": "boom"}]}
+def test_decode_floors_and_targets():
+    from lessons_lib import throughput as tp
+
+    dec = {"results": [_decode_result("bf16", 200.0, 16e9), _decode_result("int4_weight_only", 450.0, 5e9),
+                       _decode_result("fp8_w8a8", 330.0, 9e9), {"format": "nf4", "error": "boom"}]}
     ceil = {"bandwidth": {"gb_per_s": 4000.0}}
-    dec["floors"] = s.decode_floors(dec, ceil)
+    dec["floors"] = tp.decode_floors(dec, ceil)
     assert dec["floors"]["bf16"]["floor_tokens_per_s"] == pytest.approx(250.0)  # 16 GB at 4 TB/s: 4 ms a token
     assert dec["floors"]["bf16"]["fraction_of_floor"] == pytest.approx(0.8)
-    t = s.decode_targets(dec)
+    t = tp.decode_targets(dec)
     assert t["bf16_fraction_of_floor"] == {"measured": 0.8, "target": 0.7, "met": True}
-    assert t["best_4bit_speedup"]["format"] == "int4_wo" and t["best_4bit_speedup"]["met"] is False  # 2.25x
+    assert t["best_4bit_speedup"]["format"] == "int4_weight_only" and t["best_4bit_speedup"]["met"] is False  # 2.25x
     assert t["fp8_speedup"]["measured"] == pytest.approx(1.65) and t["fp8_speedup"]["met"] is True
     assert "nf4" not in t["speedup_vs_bf16_batch1"]
 
 
-def test_script_targets_say_unknown_when_a_format_is_missing():
-    s = _script()
-    t = s.decode_targets({"results": [_decode_result("bf16", 200.0, 16e9)], "floors": {}})
+def test_targets_say_unknown_when_a_format_is_missing():
+    from lessons_lib import throughput as tp
+
+    t = tp.decode_targets({"results": [_decode_result("bf16", 200.0, 16e9)], "floors": {}})
     assert t["fp8_speedup"]["met"] is None and t["best_4bit_speedup"]["met"] is None
     assert t["bf16_fraction_of_floor"]["met"] is None
 
@@ -143,10 +145,22 @@ def test_script_and_throughput_helpers():
     from lessons_lib import throughput as tp
 
     assert _script().slugify("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
-    assert tp.compute_dtype("int4_weight_only", torch.device("cuda")) == "bf16"
-    assert tp.compute_dtype("int8_w8a8", torch.device("cpu")) == "int8"
     assert tp.steps_that_fit(0.5, 64, 6.0) == 12 and tp.steps_that_fit(1e-3, 64, 6.0) == 64
     assert tp.steps_that_fit(5.0, 64, 6.0) == 8
+    assert tp.strict_json({"a": [float("nan"), 1.0], 2: float("inf")}) == {"a": [None, 1.0], "2": None}
+    assert tp.batch_cap("nf4", torch.device("cpu")) == 16 and tp.batch_cap("nf4", torch.device("cuda")) > 1e6
+    assert tp.batch_cap("fp8_w8a8", torch.device("cpu"), decode=True) == 1
+
+
+def test_budget_is_checked_between_measurements():
+    logged = []
+    budget = bench.Budget(10.0, log=logged.append)
+    assert budget.allows("small", 1.0) and 9 < budget.left() <= 10
+    assert not budget.allows("huge", 100.0)
+    assert budget.skipped == [{"what": "huge", "why": budget.skipped[0]["why"], "for_budget": True}]
+    budget.skip("capped", "a naive kernel")
+    assert budget.skipped[-1]["for_budget"] is False and len(logged) == 2
+    assert not bench.Budget(1.0, start=0.0).allows("anything", 0.0)  # started long ago: the deadline has passed
 
 
 def test_crossover_batch_is_where_compute_time_reaches_memory_time():
@@ -172,16 +186,34 @@ def test_gemm_point_reports_rates_and_roofline(tmp_path):
 
 def test_script_summary_survives_partial_results(tmp_path):
     s = _script()
-    run = s.Run(tmp_path, "test-device", budget_s=60)
+    run = s.Run(tmp_path, "test-device", budget_s=1e6)
     run.results.update(environment={"name": "Test"}, errors={"gemm": "trace"},
                        gemm=[{"format": "bf16", "out": 8, "in": 8, "batch": 1, "gb_per_s": 1.0, "tflops": 0.1}],
                        decode={"results": [{"format": "bf16", "error": "x"}]})
     with run.section("broken"):
         raise RuntimeError("this section fails, the run goes on")
     assert "RuntimeError" in run.results["errors"]["broken"]
-    with run.section("too long", need_s=1e6) as ok:
+    with run.section("too long", need_s=1e7) as ok:
         assert not ok
-    assert run.results["skipped"][0]["what"] == "too long"
-    text = s.summary(run)
+    assert run.results["skipped"][0]["what"] == "too long" and run.results["skipped"][0]["for_budget"]
+    text = s.summary(run.results)
     assert "errors in: gemm, broken" in text and (tmp_path / "test-device.json").exists()
-    run.log_file.close()
+    run.close(text)
+
+
+def test_script_quick_mode_runs_every_section_on_cpu(tmp_path):
+    """The GPU preset's quick mode on this CPU: every section but compile, within its budget, into one JSON file."""
+    import json
+
+    s = _script()
+    assert s.main(["--preset", "gpu", "--device", "cpu", "--quick", "--no-compile", "--threads", "1",
+                   "--budget-s", "60", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*.json")
+    r = json.loads(path.read_text())
+    assert r["finished"] and r["quick"] and path.name.endswith("-quick.json") and not r["errors"]
+    assert r["environment"]["collect_env"]["torch_version"] == torch.__version__
+    assert r["ceilings"]["bandwidth"]["gb_per_s"] > 0 and r["probe"]["fp32"]["runs"]
+    assert {p["format"] for p in r["gemm"] if "tflops" in p} >= {"fp32", "bf16"}
+    decoded = {d["format"]: d for d in r["decode"]["results"]}
+    assert "tokens_per_s" in decoded["bf16"]["batches"]["1"]["eager"] and "bf16" in r["decode"]["floors"]
+    assert any(x["what"] == "compile" for x in r["skipped"]) and r["elapsed_s"] < 60
