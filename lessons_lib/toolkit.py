@@ -4,18 +4,20 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from . import validate
 
 
 def calibration_dataset(windows: torch.Tensor):
     """A datasets.Dataset of token windows, the form llm-compressor's oneshot takes."""
     from datasets import Dataset
 
-    if windows.dim() != 2 or windows.numel() == 0:
-        raise ValueError("calibration windows must be a non-empty [n_windows, length] tensor (data.token_windows)")
+    validate.token_ids(windows, "windows", todo="calibrate with data.token_windows(tokenizer, 'calib', 16, 256)")
     ids = windows.tolist()
     return Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(r) for r in ids]})
 
@@ -57,10 +59,18 @@ def oneshot(model, tokenizer, recipe, windows: torch.Tensor, out_dir: str | Path
     from loguru import logger
 
     logging.getLogger("llmcompressor").setLevel(logging.ERROR)
+    # llm-compressor re-configures its logger inside oneshot; this environment variable is what it reads there. Its
+    # warnings on a CPU-only machine ("No accelerator available! Compressing model on CPU instead") are expected.
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
     logger.disable("llmcompressor")  # its per-layer progress logs would drown the notebook
     logger.disable("compressed_tensors")
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # "is_fx_tracing will return true ..."
+    validate.model(model)
+    validate.token_ids(windows, "windows", todo="calibrate with data.token_windows(tokenizer, 'calib', 16, 256)")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _cpu_only_pin_memory_fix()
+    if not isinstance(out_dir, (str, Path)) or not str(out_dir).strip():
+        raise validate.BadInput(f"out_dir must be a folder path (str or Path), got {out_dir!r}")
     out_dir = Path(out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     with _quiet_progress():
@@ -68,14 +78,28 @@ def oneshot(model, tokenizer, recipe, windows: torch.Tensor, out_dir: str | Path
         _oneshot(model=model, processor=tokenizer, dataset=calibration_dataset(windows), recipe=recipe,
                  max_seq_length=windows.shape[1], num_calibration_samples=windows.shape[0], shuffle_calibration_samples=False)
         seconds = time.perf_counter() - start
-        model.save_pretrained(out_dir, save_compressed=True)
+        with warnings.catch_warnings():  # llm-compressor leaves its CPU-offload hooks on; saving a CPU model is fine
+            warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
+            model.save_pretrained(out_dir, save_compressed=True)
     tokenizer.save_pretrained(out_dir)
     return seconds
+
+
+def _saved_folder(out_dir) -> Path:
+    """A folder that oneshot saved (it holds config.json), or a clear error."""
+    if not isinstance(out_dir, (str, Path)) or not str(out_dir).strip():
+        raise validate.BadInput(f"out_dir must be a folder path (str or Path), got {out_dir!r}")
+    if not (Path(out_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"no saved checkpoint in {Path(out_dir).name!r} (no config.json): run toolkit.oneshot(..., "
+                                f"out_dir) first")
+    return Path(out_dir)
 
 
 def reload(out_dir: str | Path, device: str = "cpu"):
     """Load a saved compressed-tensors checkpoint with plain transformers (weights decompressed to float)."""
     from transformers import AutoModelForCausalLM
+
+    out_dir, device = _saved_folder(out_dir), validate.device(device)
 
     with _quiet_progress(), torch.no_grad():
         model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).to(device).eval()
@@ -92,6 +116,7 @@ def load_on_kernels(out_dir: str | Path, device: str = "cpu"):
 
     from . import kernels
 
+    out_dir, device = _saved_folder(out_dir), validate.device(device)
     model = reload(out_dir, device)  # embeddings, norms and the layers left in float come from here
     scheme, group_size = _kernel_scheme(model.config)
     tensors = {}
