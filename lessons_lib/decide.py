@@ -125,7 +125,7 @@ def kernel_efficiency(bench_results: dict) -> dict[str, float]:
     floors = bench_results["decode"]["floors"]
     return {fmt: f["fraction_of_floor"] for fmt, f in floors.items() if f.get("fraction_of_floor")}
 
-# The 70B deployments lesson 09 compares (lesson 00's scenario, fp16 on two A100s, first).
+# The 70B deployments lesson 09 compares (lesson 00's scenario, 16-bit weights on two A100s, first).
 CANDIDATES_70B = (Candidate("bf16", "A100 80GB", 2), Candidate("int8_w8a8", "A100 80GB", 1), Candidate("nf4", "A100 80GB", 1),
                   Candidate("int4_weight_only", "A100 80GB", 1), Candidate("bf16", "H100 SXM", 2), Candidate("fp8_w8a8", "H100 SXM", 1),
                   Candidate("int4_weight_only", "H100 SXM", 1), Candidate("fp8_w8a8", "H200", 1), Candidate("bf16", "H200", 2))
