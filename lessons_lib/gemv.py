@@ -13,6 +13,7 @@ check, far too slow to time.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from dataclasses import dataclass
 
@@ -323,11 +324,39 @@ class FP8:
     clone = W4A16.clone
 
 
+@functools.lru_cache(maxsize=8)
 def _programs(device: torch.device) -> int | None:
     """Programs worth splitting K for: 4 per multiprocessor on a GPU; no split on a CPU (interpreter)."""
     if device.type != "cuda":
         return None
     return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def weight_for(kind: str, w: torch.Tensor, group_size: int = 128):
+    """The course's own quantization of float weight w [out, in] (kernels.quantize), handed to a Triton kernel.
+
+    kind "w4a16": the int4_weight_only codes, scales and zeros; "fp8": the fp8_w8a8 e4m3 codes and row scales
+    (its activation quantization is not used: this kernel takes 16-bit activations).
+    """
+    from . import kernels  # noqa: PLC0415
+
+    if kind == "w4a16":
+        return W4A16.from_int4(kernels.quantize("int4_weight_only", w, group_size=group_size, keep_codes=True))
+    if kind == "fp8":
+        return FP8.from_fp8(kernels.quantize("fp8_w8a8", w))
+    raise KernelError(f"kind must be 'w4a16' or 'fp8', got {kind!r}")
+
+
+def swap_linears(model: torch.nn.Module, kind: str, group_size: int = 128, skip: tuple = ("lm_head",)) -> dict:
+    """Put every decoder nn.Linear of the model on a Triton kernel in place; return the originals (restore_linears)."""
+    from . import kernels  # noqa: PLC0415
+
+    originals = kernels.decoder_linears(model, skip)
+    for name, lin in originals.items():
+        parent, _, child = name.rpartition(".")
+        module = kernels.QuantLinear(weight_for(kind, lin.weight.detach(), group_size), lin.bias)
+        setattr(model.get_submodule(parent) if parent else model, child, module)
+    return originals
 
 
 # ----------------------------------------------------------------------------------------------- checks

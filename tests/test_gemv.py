@@ -152,3 +152,23 @@ def test_bytes_per_gemv():
     assert gemv.gemv_bytes("w4a16", 1, n, k, 128) == n * k // 2 + n * (k // 128) * 4 + 2 * k + 2 * n
     assert gemv.gemv_bytes("fp8", 1, n, k) == n * k + 4 * n + 2 * k + 2 * n
     assert gemv.gemv_bytes("bf16", 1, n, k) / gemv.gemv_bytes("w4a16", 1, n, k, 128) > 3.5
+
+
+def test_benchmark_script_quick_mode_runs_every_section_here(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_gemv.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (path,) = tmp_path.glob("*-quick-gemv.json")
+    r = json.loads(path.read_text())
+    assert r["finished"] and not r["errors"], r["errors"]
+    assert r["interpreter"] and all(c["passes"] for c in r["correctness"])
+    methods = {p["method"] for p in r["gemm"] if "gb_per_s" in p}
+    assert methods == {"bf16", "int4_weight_only", "fp8_w8a8", "w4a16", "fp8"}
+    assert {"bf16", "w4a16", "fp8"} <= {m for m, res in r["decode"]["results"].items() if "batches" in res}
+    assert r["tuned"] and set(r["targets"]) >= {"w4a16_decode_speedup", "fp8_decode_speedup"}
