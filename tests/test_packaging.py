@@ -30,7 +30,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_holds_every_data_file_and_the_metadata(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     data = {p.relative_to(ROOT).as_posix() for p in RESOURCES.rglob("*") if p.is_file()}
-    assert {"lessons_lib/resources/gpus.csv", "lessons_lib/resources/text/eval.txt"} <= data
+    assert {"lessons_lib/resources/gpus.csv", "lessons_lib/resources/text/MANIFEST.json"} <= data
     assert data - names == set(), "package-data in pyproject.toml misses these files"
     assert not [n for n in names if n.endswith(".pyc") or n.startswith(("tests/", "scripts/", "notebooks/"))]
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
