@@ -1,37 +1,115 @@
-"""The course's offline text sets (lessons_lib/resources/text/) and fixed token windows cut from them."""
+"""The course's offline text splits (lessons_lib/resources/text/) and fixed token windows cut from their documents.
+
+Calibration data fits a method, dev data chooses its settings, test data measures what a lesson reports: three splits
+made of different documents (an address, a play, a module), listed with their hashes in text/MANIFEST.json."""
 from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
-from . import resource
+from . import resource, validate
 
 TEXT_SETS = {
-    "eval": "held-out evaluation prose: State of the Union addresses 2022-2026 (public domain)",
-    "calib": "calibration prose: State of the Union addresses 1990-2015 (public domain)",
-    "shakespeare": "Hamlet, Macbeth, Twelfth Night, Henry V (public domain)",
-    "python": "Python standard library source (PSF licence)",
+    "calib": "calibration prose: State of the Union addresses 1990-1998 (public domain)",
+    "dev": "prose to choose settings on: the addresses of 2016-2022",
+    "test": "prose to report on: the addresses of 2023, 2024 and 2026 (2026, after the model, gives half the windows)",
+    "shakespeare_dev": "Twelfth Night, Henry V (public domain)",
+    "shakespeare_test": "Hamlet, Macbeth (public domain)",
+    "python_calib": "Python standard library source: textwrap, heapq, bisect, fractions, statistics, string, shlex",
+    "python_dev": "Python standard library source: functools, dataclasses, csv, pprint, queue",
+    "python_test": "Python standard library source: difflib, calendar, random, tokenize",
 }
+SPLITS = ("calib", "dev", "test")  # the prose splits; the other domains have dev and test (and Python calib) too
+# Names of the single text sets of earlier versions of the course, kept until every lesson uses the splits.
+ALIASES = {"eval": "test", "shakespeare": "shakespeare_test", "python": "python_test"}
 
 
-def load_text(name: str = "eval") -> str:
-    """Return one of the course's text sets by name (see TEXT_SETS)."""
-    if name not in TEXT_SETS:
-        raise ValueError(f"unknown text set {name!r}; choose one of {sorted(TEXT_SETS)}")
-    return resource("text", f"{name}.txt").read_text(encoding="utf-8")
+@dataclass(frozen=True)
+class Document:
+    """One document of a split: its id (e.g. sotu-2026), source file, text and weight in the window rotation."""
+
+    id: str
+    source: str
+    text: str
+    weight: int
 
 
-def token_windows(tokenizer, name: str = "eval", n_windows: int = 8, length: int = 512, skip: int = 0) -> torch.Tensor:
-    """Cut the text set into n_windows consecutive, non-overlapping windows of `length` tokens, after `skip` windows."""
+def split_name(name: str) -> str:
+    """The split a name refers to (an old name such as "eval" is an alias of "test")."""
+    name = ALIASES.get(name, name) if isinstance(name, str) else name
+    return validate.choice(name, "text set", list(TEXT_SETS) + list(ALIASES),
+                           "calib fits a method, dev chooses its settings, test measures what is reported")
+
+
+@lru_cache(maxsize=1)
+def manifest() -> dict:
+    """text/MANIFEST.json: every split's documents (id, source, chars, weight, sha256) and every file's hash."""
+    return json.loads(resource("text", "MANIFEST.json").read_text(encoding="utf-8"))
+
+
+def load_text(name: str = "test") -> str:
+    """Return one split's text (its documents joined by blank lines) by name (see TEXT_SETS)."""
+    return resource("text", f"{split_name(name)}.txt").read_text(encoding="utf-8")
+
+
+def split_documents(name: str = "test") -> list[Document]:
+    """The documents of a split, each checked against the hash MANIFEST.json holds for it."""
+    name, info = split_name(name), manifest()
+    text, start, docs = load_text(name), 0, []
+    for d in info["splits"][name]:
+        body = text[start:start + d["chars"]]
+        if hashlib.sha256(body.encode()).hexdigest() != d["sha256"]:
+            raise ValueError(f"resources/text/{name}.txt does not match MANIFEST.json at document {d['id']}: "
+                             f"rebuild the text sets with `python scripts/build_text.py`")
+        docs.append(Document(d["id"], d["source"], body, d["weight"]))
+        start += d["chars"] + len(info["separator"])
+    return docs
+
+
+def _doc_windows(tokenizer, text: str, length: int) -> torch.Tensor:
+    """One document cut into consecutive, non-overlapping windows of `length` token ids (the rest is dropped)."""
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    n = ids.numel() // length
+    return ids[:n * length].reshape(n, length)
+
+
+def _rotation(docs: list[Document], per_doc: list[int], n: int) -> list[tuple[int, int]]:
+    """(document, window) pairs, round-robin over the documents (weight w: w windows a round), until n or exhausted."""
+    taken, order = [0] * len(docs), []
+    while len(order) < n and any(t < c for t, c in zip(taken, per_doc)):
+        for i, d in enumerate(docs):
+            for _ in range(d.weight):
+                if taken[i] < per_doc[i] and len(order) < n:
+                    order.append((i, taken[i]))
+                    taken[i] += 1
+    return order
+
+
+def token_windows(tokenizer, name: str = "test", n_windows: int = 8, length: int = 512, skip: int = 0) -> torch.Tensor:
+    """n_windows non-overlapping windows of `length` tokens, drawn in turn from the split's documents (each cut from
+    its start), after the first `skip` windows of that same sequence; so skip=k never repeats a window of the first k."""
     if n_windows < 1 or length < 2 or skip < 0:
         raise ValueError(f"need n_windows >= 1, length >= 2 and skip >= 0, got {n_windows}, {length} and {skip}")
-    ids = tokenizer(load_text(name), return_tensors="pt").input_ids[0]
-    need = (skip + n_windows) * length
-    if ids.numel() < need:
+    docs = split_documents(name)
+    cut = [_doc_windows(tokenizer, d.text, length) for d in docs]
+    order = _rotation(docs, [c.shape[0] for c in cut], skip + n_windows)
+    if len(order) < skip + n_windows:
         raise ValueError(
-            f"text set {name!r} has {ids.numel()} tokens, fewer than ({skip} + {n_windows}) x {length} = {need}: "
-            f"ask for fewer or shorter windows (at most {ids.numel() // length} of length {length})"
+            f"text set {name!r} holds {len(order)} windows of {length} tokens, fewer than {skip} + {n_windows} = "
+            f"{skip + n_windows}: ask for fewer or shorter windows"
         )
-    return ids[skip * length:need].reshape(n_windows, length)
+    return torch.stack([cut[i][j] for i, j in order[skip:]])
+
+
+def window_sources(tokenizer, name: str = "test", n_windows: int = 8, length: int = 512, skip: int = 0) -> list[str]:
+    """The document id each window of token_windows(tokenizer, name, n_windows, length, skip) comes from."""
+    docs = split_documents(name)
+    per_doc = [_doc_windows(tokenizer, d.text, length).shape[0] for d in docs]
+    return [docs[i].id for i, _ in _rotation(docs, per_doc, skip + n_windows)[skip:]]
 
 
 def mixed_windows(tokenizer, names: list[str], n_windows: int = 16, length: int = 256) -> torch.Tensor:

@@ -1,3 +1,4 @@
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +28,48 @@ def test_text_sets_exist_and_are_small():
         assert len(data.load_text(name)) > 100_000
 
 
-def test_eval_and_calibration_do_not_overlap():
-    ev, cal = data.load_text("eval"), data.load_text("calib")
-    assert all(p not in cal for p in ev.split("\n\n")[:50] if len(p) > 200)
+def test_no_two_splits_share_a_document():
+    """Calibration, dev and test (and every domain's halves) are made of different documents: by id, source and text."""
+    seen = {}
+    for name in data.TEXT_SETS:
+        for doc in data.split_documents(name):
+            for key in (doc.id, doc.source, hashlib.sha256(doc.text.encode()).hexdigest()):
+                assert key not in seen, f"{key} is in both {seen[key]} and {name}"
+                seen[key] = name
+    paragraphs = {name: {p for p in data.load_text(name).split("\n\n") if len(p) > 300} for name in data.SPLITS}
+    assert not paragraphs["test"] & (paragraphs["dev"] | paragraphs["calib"]) and not paragraphs["dev"] & paragraphs["calib"]
+
+
+def test_manifest_matches_the_files_and_names_every_document():
+    info = data.manifest()
+    for name in data.TEXT_SETS:
+        text = data.load_text(name)
+        assert hashlib.sha256(text.encode()).hexdigest() == info["files"][f"{name}.txt"]
+        docs = data.split_documents(name)
+        assert len(docs) >= 2 and data.SPLITS[0] in data.TEXT_SETS
+        assert info["separator"].join(d.text for d in docs) + "\n" == text
+
+
+def test_test_split_favours_the_address_after_the_model():
+    sources = data.window_sources(CharTokenizer(), "test", 8, 512)
+    assert sources.count("sotu-2026") == 4 and len(set(sources)) == 3  # half of the windows, three documents
+    assert data.split_name("eval") == "test" and torch.equal(data.token_windows(CharTokenizer(), "eval", 2, 64),
+                                                             data.token_windows(CharTokenizer(), "test", 2, 64))
+
+
+def test_windows_come_from_their_own_documents():
+    tok = CharTokenizer()
+    docs = {d.id: "".join(chr(ord(c) % 1000) for c in d.text) for d in data.split_documents("dev")}
+    w, sources = data.token_windows(tok, "dev", 7, 100), data.window_sources(tok, "dev", 7, 100)
+    assert sources[:5] == list(docs) and sources[5] == sources[0]  # round-robin, newest first
+    for row, doc in zip(w, sources):
+        assert "".join(chr(int(i)) for i in row) in docs[doc]
+
+
+def test_a_corrupt_text_file_is_named(monkeypatch):
+    monkeypatch.setattr(data, "load_text", lambda name="test": "x" * 400_000)
+    with pytest.raises(ValueError, match="does not match MANIFEST.json.*build_text"):
+        data.split_documents("dev")
 
 
 def test_token_windows_shape_and_errors():
@@ -58,7 +98,7 @@ def test_skipped_and_mixed_windows_and_calibration_checks():
 
 
 def test_documents():
-    docs = data.documents("calib", n_docs=3, min_chars=1000)
+    docs = data.documents("test", n_docs=3, min_chars=1000)
     assert len(docs) == 3 and all(len(d) >= 1000 for d in docs)
 
 
