@@ -157,6 +157,13 @@ EXERCISES: dict[str, Exercise] = {
         lambda: 14336 * 4096 * 0.5 / (hw.gpu("H200").bandwidth_gbs * 1e9) * 1e6, 1e-3,
         "Bytes = weights x 0.5; time = bytes / (4800e9 bytes/s); multiply by 1e6 for microseconds.",
     ),
+    "08b.w4a16_gemv_bytes": Exercise(
+        "Bytes the W4A16 kernel must move at batch 1 for Llama-3-8B's gate_proj (14336 x 4096): 4-bit codes, a 16-bit "
+        "scale and a 16-bit zero per group of 128 inputs, bf16 input vector read and bf16 output written, each once.",
+        lambda: _gemv().gemv_bytes("w4a16", 1, 14336, 4096, 128), 1e-6,
+        "Codes: 14336 x 4096 / 2 bytes; scales and zeros: 14336 x (4096 / 128) x 2 values x 2 bytes; x: 4096 x 2; "
+        "y: 14336 x 2.",
+    ),
     "09.scenario_chat": Exercise(
         "Llama-3-70B, batch 1, 4096-token context, 50 ms per token, quality cost at most 5%: which deployment?",
         lambda: decide.course_choice(batch=1, context=4096, latency_ms=50.0, max_quality_cost=0.05), 0,
@@ -189,6 +196,84 @@ def _folded_norm_weight(weight: float, scale: float) -> float:
     norm.weight.data.fill_(weight)
     awq.fold_scales(awq.Mapping("norm", norm, [lin], lin), torch.tensor([scale]))
     return norm.weight.item()
+
+
+def _gemv():
+    """lessons_lib.gemv, imported when an exercise needs it (it imports Triton)."""
+    from . import gemv  # noqa: PLC0415
+
+    return gemv
+
+
+@dataclass(frozen=True)
+class CodeExercise:
+    """A function to write: the checker calls it and the library on fresh random inputs and says what differs."""
+
+    question: str
+    reference: Callable
+    inputs: Callable[[torch.Generator], tuple]
+    diagnose: Callable[[tuple, torch.Tensor, torch.Tensor], str]
+    hint: str
+
+
+def _int4_inputs(gen: torch.Generator) -> tuple:
+    n, groups, g = int(torch.randint(2, 9, (1,), generator=gen)), int(torch.randint(1, 4, (1,), generator=gen)), 32
+    packed = torch.randint(0, 256, (n, groups * g // 2), generator=gen).to(torch.uint8)
+    return packed, torch.rand(n, groups, generator=gen) + 0.5, torch.randn(n, groups, generator=gen), g
+
+
+def _int4_diagnose(args: tuple, got: torch.Tensor, expected: torch.Tensor) -> str:
+    """Name the usual slips of unpacking and dequantizing 4-bit codes, else the first element that differs."""
+    packed, scale, zero, g = args
+    dq = _gemv().dequantize_int4
+    swapped = ((packed & 0xF) << 4 | packed >> 4).to(torch.uint8)
+    if torch.allclose(got, dq(swapped, scale, zero, g), atol=1e-5):
+        return "the two codes of each byte are swapped: the high nibble (byte >> 4) holds the even column"
+    if torch.allclose(got, dq(packed, scale, zero + 8 * scale, g), atol=1e-5):
+        return "the offset is missing: the weight is (q - 8) * scale + zero"
+    i = divmod(int((got - expected).abs().flatten().argmax()), expected.shape[1])
+    return f"element {list(i)} is {got[i].item():.4g}, expected {expected[i].item():.4g}"
+
+
+CODE_EXERCISES: dict[str, CodeExercise] = {
+    "08b.dequantize_int4": CodeExercise(
+        "Write dequantize(packed, scale, zero, group_size) -> float32 [out, in]: packed is uint8 [out, in / 2] (column "
+        "2j in the high nibble, 2j + 1 in the low one), scale and zero are [out, in / group_size], w = (q - 8) * scale "
+        "+ zero: what the W4A16 kernel does in registers.",
+        lambda *a: _gemv().dequantize_int4(*a), _int4_inputs, _int4_diagnose,
+        "packed >> 4 and packed & 0xF give the two codes; interleave them (torch.stack(..., dim=-1).reshape); "
+        "repeat each group's scale and zero group_size times along the inputs (repeat_interleave).",
+    ),
+}
+
+
+def check_code(key: str, answer, trials: int = 3, seed: int = 0) -> bool:
+    """Run the learner's function beside the library's on fresh random inputs; print what differs; True when right."""
+    ex = CODE_EXERCISES[key]
+    if answer is None:
+        print(f"[{key}] not answered yet. {ex.question}\nHint: {ex.hint}")
+        return False
+    if not callable(answer):
+        print(f"[{key}] expected a function, got {type(answer).__name__}. Hint: {ex.hint}")
+        return False
+    gen = torch.Generator().manual_seed(seed)
+    for t in range(trials):
+        args = ex.inputs(gen)
+        expected = ex.reference(*args)
+        try:
+            got = torch.as_tensor(answer(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])).float()
+        except Exception as e:  # noqa: BLE001  (the learner's error, reported)
+            print(f"[{key}] your function raised {type(e).__name__}: {e}. Hint: {ex.hint}")
+            return False
+        if got.shape != expected.shape:
+            print(f"[{key}] not quite: shape {tuple(got.shape)}, expected {tuple(expected.shape)} (packed was "
+                  f"{tuple(args[0].shape)}). Hint: {ex.hint}")
+            return False
+        if not torch.allclose(got, expected, rtol=1e-5, atol=1e-5):
+            print(f"[{key}] not quite on random input {t + 1}: {ex.diagnose(args, got, expected)}. Hint: {ex.hint}")
+            return False
+    print(f"[{key}] correct: matches the library on {trials} random inputs (to 1e-5).")
+    return True
 
 
 def _tolerance(rel_tol: float) -> str:
@@ -230,6 +315,8 @@ def _number(answer) -> float | None:
 
 def check(key: str, answer) -> bool:
     """Print whether `answer` to exercise `key` is right (with a hint if not, and the tolerance); return True when right."""
+    if isinstance(key, str) and key in CODE_EXERCISES:
+        return check_code(key, answer)
     if not isinstance(key, str) or key not in EXERCISES:
         raise validate.UnknownName(f"unknown exercise {key!r}; known: {sorted(EXERCISES)}")
     ex = EXERCISES[key]

@@ -172,3 +172,29 @@ def test_benchmark_script_quick_mode_runs_every_section_here(tmp_path):
     assert methods == {"bf16", "int4_weight_only", "fp8_w8a8", "w4a16", "fp8"}
     assert {"bf16", "w4a16", "fp8"} <= {m for m, res in r["decode"]["results"].items() if "batches" in res}
     assert r["tuned"] and set(r["targets"]) >= {"w4a16_decode_speedup", "fp8_decode_speedup"}
+
+
+def test_code_exercise_checker_says_what_differs(capsys):
+    from pathlib import Path
+
+    from lessons_lib import exercises
+
+    def swapped(packed, scale, zero, g):
+        return gemv.dequantize_int4(((packed & 0xF) << 4 | packed >> 4).to(torch.uint8), scale, zero, g)
+
+    def no_offset(packed, scale, zero, g):
+        return gemv.dequantize_int4(packed, scale, zero + 8 * scale, g)
+
+    assert exercises.check("08b.dequantize_int4", gemv.dequantize_int4)
+    assert not exercises.check("08b.dequantize_int4", swapped)
+    assert "swapped" in capsys.readouterr().out
+    assert not exercises.check("08b.dequantize_int4", no_offset)
+    assert "offset" in capsys.readouterr().out
+    assert not exercises.check("08b.dequantize_int4", lambda p, s, z, g: gemv.unpack_int4(p).float())
+    assert "element" in capsys.readouterr().out
+    assert not exercises.check("08b.dequantize_int4", lambda p, s, z, g: p.float())
+    assert "shape" in capsys.readouterr().out
+    assert not exercises.check("08b.dequantize_int4", 3) and "expected a function" in capsys.readouterr().out
+    assert not exercises.check("08b.dequantize_int4", None) and "not answered" in capsys.readouterr().out
+    solutions = "".join(p.read_text() for p in (Path(__file__).resolve().parent.parent / "solutions").glob("*.py"))
+    assert all(f'"{key}"' in solutions for key in exercises.CODE_EXERCISES)
