@@ -31,14 +31,12 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool
     progress: a bar per window (None: tqdm's default, off where TQDM_DISABLE=1, as `make test` and `make execute` set)."""
     validate.token_ids(windows, "windows", min_length=2)
     batch_size = validate.integer(batch_size, "batch_size", lo=1)
-    if progress is not None:
-        validate.flag(progress, "progress")
     device = _model_device(model)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab is not None and int(windows.max()) >= vocab:
         raise validate.BadInput(f"windows hold token id {int(windows.max())}, but the model's vocabulary has {vocab}: "
                                 f"cut them with this model's own tokenizer")
-    bar = {} if progress is None else {"disable": not progress}
+    bar = validate.progress(progress)
     nll, count = 0.0, 0
     for batch in tqdm(windows.split(batch_size), desc="perplexity", leave=False, **bar):
         batch = batch.to(device)

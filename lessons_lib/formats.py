@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
+
+from . import validate
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,9 @@ class FloatFormat:
 
     def decode(self, pattern: int) -> float:
         """The value of one bit pattern (an int in [0, 2**bits))."""
-        if not 0 <= pattern < 2**self.bits:
-            raise ValueError(f"{self.name} has {self.bits} bits: pattern must be in [0, {2**self.bits})")
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or not 0 <= pattern < 2**self.bits:
+            raise validate.BadInput(f"{self.name} has {self.bits} bits: pattern must be in [0, {2**self.bits}) (an int), "
+                                    f"got {pattern!r}")
         sign = -1.0 if pattern >> (self.bits - 1) else 1.0
         e = (pattern >> self.mantissa) & (2**self.exponent - 1)
         m = pattern & (2**self.mantissa - 1)
@@ -95,6 +99,8 @@ class FloatFormat:
 
     def encode(self, value: float) -> int:
         """The bit pattern of the representable number nearest to value."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise validate.BadInput(f"value must be a number (NaN and Inf allowed), got {value!r}")
         q = float(self.round(torch.tensor([float(value)]))[0])
         sign = int(math.copysign(1, q) < 0) << (self.bits - 1)
         top = 2**self.exponent - 1
@@ -149,13 +155,16 @@ FORMATS = {
 
 def get(name: str) -> FloatFormat | IntFormat:
     """A format by its key in FORMATS."""
-    if name not in FORMATS:
-        raise ValueError(f"unknown format {name!r}; choose one of {sorted(FORMATS)}")
-    return FORMATS[name]
+    return FORMATS[validate.choice(name, "format", FORMATS)]
 
 
 def _as_float(x) -> torch.Tensor:
-    x = torch.as_tensor(x)
+    if isinstance(x, bool) or not isinstance(x, (torch.Tensor, numbers.Real, list, tuple)):
+        raise validate.BadInput(f"expected a floating-point tensor (or a number), got {type(x).__name__}")
+    try:
+        x = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise validate.BadInput(f"expected a floating-point tensor, could not make one of {x!r}: {err}") from None
     if not x.is_floating_point():
         raise TypeError(f"expected a floating-point tensor, got {x.dtype}: convert with .float() first")
     return x
@@ -163,6 +172,8 @@ def _as_float(x) -> torch.Tensor:
 
 def torch_round_trip(x: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     """Round x through torch's own cast to fmt's dtype and back (float64)."""
+    if not isinstance(fmt, FloatFormat):
+        raise validate.BadInput(f"fmt must be a FloatFormat such as formats.get('fp8_e4m3'), got {fmt!r}")
     if fmt.torch_dtype is None:
         raise ValueError(f"torch has no castable dtype for {fmt.name}")
     return _as_float(x).float().to(fmt.torch_dtype).double()

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from . import validate
 from .quantize import check_float
 
 DTYPES = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
@@ -14,9 +15,17 @@ GRANULARITIES = ("tensor", "row", "block", "group")  # block: b x b tiles (weigh
 
 
 def _dtype(fmt: str) -> torch.dtype:
-    if fmt not in DTYPES:
-        raise ValueError(f"unknown FP8 format {fmt!r}; choose one of {tuple(DTYPES)}")
-    return DTYPES[fmt]
+    return DTYPES[validate.choice(fmt, "FP8 format", DTYPES)]
+
+
+def _scale(scale, name: str = "scale"):
+    """A positive finite number, or a tensor of them (one per scaling unit, broadcastable to x)."""
+    if isinstance(scale, torch.Tensor):
+        validate.tensor(scale, name, kind="float")
+        if not bool((scale > 0).all()):
+            raise validate.BadInput(f"{name} must be positive everywhere (it divides x): use fp8.scales(x, fmt)")
+        return scale
+    return validate.number(scale, name, 0, None, lo_open=True, todo="a scale divides x: use e.g. fp8.static_scale(calib)")
 
 
 def max_value(fmt: str) -> float:
@@ -27,12 +36,14 @@ def max_value(fmt: str) -> float:
 def cast(x: torch.Tensor, fmt: str = "e4m3") -> torch.Tensor:
     """x rounded to FP8 and back to float32, saturating at +-max (as production recipes clamp before the cast)."""
     m = max_value(fmt)
+    check_float(x, "x")
     return x.float().clamp(-m, m).to(_dtype(fmt)).float()
 
 
 def range_report(x: torch.Tensor, fmt: str = "e4m3", scale: float | torch.Tensor = 1.0) -> dict:
     """Cast x / scale to FP8: share of values that overflow (beyond max), underflow (nonzero -> 0), and the error."""
-    check_float(x)
+    check_float(x, "x")
+    scale = _scale(scale)
     y = x.float() / scale
     q = cast(y, fmt)
     nonzero = y != 0
@@ -47,9 +58,10 @@ def _pad(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 def scales(x: torch.Tensor, fmt: str = "e4m3", granularity: str = "tensor", block: int = 128) -> torch.Tensor:
     """absmax / max for each scaling unit, broadcast back to x's shape (ragged edge blocks are allowed)."""
-    check_float(x)
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
+    check_float(x, "x")
+    _dtype(fmt)
+    validate.choice(granularity, "granularity", GRANULARITIES)
+    validate.integer(block, "block", lo=1, todo="scaling blocks are a whole number of values, e.g. 128")
     if x.dim() != 2 and granularity != "tensor":
         raise ValueError(f"{granularity} scaling needs a 2-D tensor [rows, columns], got shape {tuple(x.shape)}")
     a = x.float().abs()
@@ -71,8 +83,8 @@ def scales(x: torch.Tensor, fmt: str = "e4m3", granularity: str = "tensor", bloc
 def quantize(x: torch.Tensor, fmt: str = "e4m3", granularity: str = "tensor", block: int = 128,
              scale: float | torch.Tensor | None = None) -> torch.Tensor:
     """x through FP8 and back: dynamic scales per `granularity`, or a given (static, calibrated) scale."""
-    check_float(x)
-    s = scales(x, fmt, granularity, block) if scale is None else torch.as_tensor(scale, dtype=torch.float32)
+    check_float(x, "x")
+    s = scales(x, fmt, granularity, block) if scale is None else torch.as_tensor(_scale(scale), dtype=torch.float32)
     return cast(x.float() / s, fmt) * s
 
 
@@ -94,6 +106,9 @@ def kv_cache(model, fmt: str = "e4m3", scale: float | None = 1.0):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     _dtype(fmt)
+    validate.model(model)
+    if scale is not None:
+        _scale(scale)
 
     def attention(module, query, key, value, attention_mask, **kwargs):
         key, value = (quantize(t.reshape(-1, t.shape[-1]), fmt, "tensor", scale=scale).reshape(t.shape).to(t.dtype)

@@ -5,13 +5,30 @@ from dataclasses import dataclass
 
 import torch
 
+from . import validate
 from .data import check_windows
 from .quantize import check_bits, check_float, divisors_hint
 
 
+def _weight(w, name: str = "weight") -> torch.Tensor:
+    return validate.tensor(w, name, dims=2, kind="float", todo="pass a linear layer's weight [out_features, in_features]")
+
+
+def _group(group_size, cols: int) -> int:
+    """The group size (None: one group per row), refused unless it is a positive integer dividing cols."""
+    if group_size is None:
+        return cols
+    g = validate.integer(group_size, "group_size", lo=1, todo="pass a positive group size such as 64, or None")
+    if cols % g:
+        raise validate.BadInput(f"group_size {g} does not divide the input dimension {cols}; sizes that do: "
+                                f"{divisors_hint(cols)}")
+    return g
+
+
 def hessian(inputs: torch.Tensor) -> torch.Tensor:
     """H = 2 X^T X / n for inputs X [n_tokens, in_features]: the curvature of ||W X^T - W_q X^T||^2."""
-    check_float(inputs, "calibration inputs")
+    validate.tensor(inputs, "calibration inputs", dims=(2, 3), kind="float",
+                    todo="pass layer inputs [n_tokens, in_features] (activations.capture_inputs)")
     x = inputs.reshape(-1, inputs.shape[-1]).double()
     if x.shape[0] == 0:
         raise ValueError("calibration inputs are empty: pass at least one token (data.token_windows)")
@@ -20,6 +37,8 @@ def hessian(inputs: torch.Tensor) -> torch.Tensor:
 
 def grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """Scale and zero per row of w, compressed-tensors' convention: codes -2^(b-1)..2^(b-1)-1 or 0..2^b-1."""
+    _weight(w, "w")
+    check_bits(bits, symmetric)
     lo = w.amin(1, keepdim=True).clamp(max=0)
     hi = w.amax(1, keepdim=True).clamp(min=0)
     if symmetric:
@@ -35,16 +54,22 @@ def grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, tor
 
 def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """Round one column (or any tensor) to its grid and return the dequantized values."""
+    check_float(w, "w")
+    for t, n in ((scale, "scale"), (zero, "zero")):
+        validate.tensor(t, n, kind="float")
+    if not bool((scale > 0).all()):
+        raise validate.BadInput("scale must be positive everywhere: compute it with gptq.grid(w, bits, symmetric)")
+    qmin, qmax = validate.integer(qmin, "qmin"), validate.integer(qmax, "qmax")
+    if qmin >= qmax:
+        raise validate.BadInput(f"qmin must be below qmax, got {qmin} and {qmax}")
     return (torch.clamp(torch.round(w / scale) + zero, qmin, qmax) - zero) * scale
 
 
 def rtn(w: torch.Tensor, bits: int = 4, group_size: int | None = 64, symmetric: bool = True) -> torch.Tensor:
     """Round-to-nearest on the same grid and groups as gptq_quantize (its error_feedback=False, vectorized)."""
-    check_float(w, "weight")
+    _weight(w)
     check_bits(bits, symmetric)
-    g = group_size or w.shape[1]
-    if w.shape[1] % g:
-        raise ValueError(f"group_size {g} does not divide the input dimension {w.shape[1]}; sizes that do: {divisors_hint(w.shape[1])}")
+    g = _group(group_size, w.shape[1])
     groups = w.float().reshape(-1, g)  # one row per (output row, group)
     return quantize_column(groups, *grid(groups, bits, symmetric)).reshape(w.shape).to(w.dtype)
 
@@ -65,15 +90,18 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
     Group scales are computed up front from the original weight ("static groups", as llm-compressor does),
     so act_order changes the order of the columns, not which scale a column uses. error_feedback=False is RTN.
     """
-    check_float(w, "weight")
+    _weight(w)
     check_bits(bits, symmetric)
     rows, cols = w.shape
+    validate.tensor(h, "h (the Hessian)", dims=2, kind="float", todo="compute it with gptq.hessian(inputs)")
     if h.shape != (cols, cols):
-        raise ValueError(f"Hessian shape {tuple(h.shape)} does not match the weight's {cols} input features")
-    if group_size is not None and cols % group_size:
-        raise ValueError(f"group_size {group_size} does not divide the input dimension {cols}; sizes that do: {divisors_hint(cols)}")
-    if not 0 <= damp < 1:
-        raise ValueError(f"damp is a fraction of the mean Hessian diagonal, in [0, 1); got {damp}")
+        raise validate.BadInput(f"Hessian shape {tuple(h.shape)} does not match the weight's {cols} input features")
+    _group(group_size, cols)
+    damp = validate.number(damp, "damp", 0, 1, hi_open=True, todo="damp is a fraction of the mean Hessian diagonal, "
+                                                                  "in [0, 1); 0.01 is the usual choice")
+    validate.integer(block, "block", lo=1)
+    validate.flag(act_order, "act_order")
+    validate.flag(error_feedback, "error_feedback")
     W = w.detach().float().clone()
     H = h.double().clone()
     dead = torch.diag(H) == 0  # inputs that never fire: their weights cannot matter
@@ -116,8 +144,23 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
 
 def output_error(w: torch.Tensor, w_q: torch.Tensor, inputs: torch.Tensor) -> float:
     """Mean squared error of the layer's output, ||X W^T - X W_q^T||^2 / n, on inputs X [n, in]."""
+    _weight(w, "w")
+    _weight(w_q, "w_q")
+    validate.tensor(inputs, "inputs", dims=(2, 3), kind="float")
+    if w.shape != w_q.shape or inputs.shape[-1] != w.shape[1]:
+        raise validate.BadInput(f"shapes do not fit: w {tuple(w.shape)}, w_q {tuple(w_q.shape)}, inputs "
+                                f"{tuple(inputs.shape)} (inputs' last dimension must be w's {w.shape[1]} input features)")
     x = inputs.reshape(-1, inputs.shape[-1]).float()
     return ((x @ (w.float() - w_q.float()).T) ** 2).sum().item() / x.shape[0]
+
+
+def _decoder(model):
+    """A decoder-only transformers model (model.model.layers), as models.load_model returns."""
+    validate.model(model)
+    if not hasattr(getattr(model, "model", None), "layers"):
+        raise validate.BadInput(f"model must be a decoder-only transformers model with model.model.layers "
+                                f"(models.load_model()), got a {type(model).__name__}")
+    return model
 
 
 class _Stop(Exception):
@@ -127,6 +170,8 @@ class _Stop(Exception):
 @torch.no_grad()
 def decoder_inputs(model, calib: torch.Tensor) -> tuple[list, dict]:
     """Hidden states entering the first decoder layer for each calibration window, and that layer's other arguments."""
+    _decoder(model)
+    check_windows(calib)
     caught: dict = {"hidden": [], "kwargs": None}
 
     def catch(_module, args, kwargs):
@@ -149,13 +194,20 @@ def decoder_inputs(model, calib: torch.Tensor) -> tuple[list, dict]:
 
 @torch.no_grad()
 def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | None = 64, symmetric: bool = True,
-                   act_order: bool = False, damp: float = 0.01, error_feedback: bool = True, progress: bool = True):
+                   act_order: bool = False, damp: float = 0.01, error_feedback: bool = True,
+                   progress: bool | None = None):
     """GPTQ on every linear layer of every decoder layer, in place, each layer fed by the already-quantized ones."""
     from tqdm.auto import tqdm
 
+    _decoder(model)
     check_windows(calib)
+    check_bits(bits, symmetric)
+    validate.number(damp, "damp", 0, 1, hi_open=True, todo="0.01 is the usual choice")
+    bar = validate.progress(progress)
+    for lin in (m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()):
+        _group(group_size, lin.in_features)
     hidden, kwargs = decoder_inputs(model, calib)
-    for layer in tqdm(model.model.layers, desc=f"GPTQ W{bits}", disable=not progress):
+    for layer in tqdm(model.model.layers, desc=f"GPTQ W{bits}", **bar):
         linears = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
         xtx: dict = {}
         count: dict = {}

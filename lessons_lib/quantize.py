@@ -1,11 +1,13 @@
 """Affine quantization with round-to-nearest: scales, zero-points, granularity, and the model-wide swap."""
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from . import validate
 from .models import linear_weights
 
 GRANULARITIES = ("tensor", "channel", "token", "group")  # channel: per output row of a weight; token: per row of activations
@@ -13,18 +15,16 @@ GRANULARITIES = ("tensor", "channel", "token", "group")  # channel: per output r
 
 def check_float(x: torch.Tensor, name: str = "tensor") -> torch.Tensor:
     """Refuse integer tensors and tensors holding NaN or Inf, with a message that says what to do."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x))}: use .float()")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} holds NaN or Inf: find where it came from (overflow in fp16?) before quantizing")
-    return x
+    return validate.tensor(x, name, kind="float")
 
 
 def check_bits(bits: int, symmetric: bool) -> None:
     """Bits must be an integer in 1..16 (2..16 for a symmetric grid, which needs a sign)."""
+    validate.flag(symmetric, "symmetric")
     low = 2 if symmetric else 1
-    if not (isinstance(bits, int) and low <= bits <= 16):
-        raise ValueError(f"bits must be an integer in {low}..16 for a {'symmetric' if symmetric else 'asymmetric'} grid, got {bits!r}")
+    if isinstance(bits, bool) or not (isinstance(bits, int) and low <= bits <= 16):
+        raise validate.BadInput(f"bits must be an integer in {low}..16 for a {'symmetric' if symmetric else 'asymmetric'} "
+                                f"grid, got {bits!r}")
 
 
 def divisors_hint(n: int) -> list[int]:
@@ -34,16 +34,15 @@ def divisors_hint(n: int) -> list[int]:
 
 def _rows(x: torch.Tensor, granularity: str, group_size: int | None) -> torch.Tensor:
     """Reshape so that each row shares one scale."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r}; choose one of {GRANULARITIES}")
+    validate.choice(granularity, "granularity", GRANULARITIES)
     if granularity == "tensor":
         return x.reshape(1, -1)
     if x.dim() != 2:
         raise ValueError(f"{granularity} granularity needs a 2-D tensor [rows, columns], got shape {tuple(x.shape)}")
     if granularity != "group":
         return x
-    if not (isinstance(group_size, int) and group_size > 0):
-        raise ValueError(f"granularity='group' needs a positive integer group_size, got {group_size!r}")
+    if isinstance(group_size, bool) or not (isinstance(group_size, int) and group_size > 0):
+        raise validate.BadInput(f"granularity='group' needs a positive integer group_size, got {group_size!r}")
     if x.shape[1] % group_size:
         raise ValueError(f"group_size {group_size} does not divide the input dimension {x.shape[1]} "
                          f"(shape {tuple(x.shape)}); sizes that do: {divisors_hint(x.shape[1])}")
@@ -69,10 +68,10 @@ def quantize_rtn(x: torch.Tensor, bits: int = 8, granularity: str = "tensor", gr
     keeps the row minimum itself as a float offset, x_hat = q * scale + min, as GGUF's Q4_1 stores it.
     clip < 1 shrinks the range, trading clipped outliers for a finer step.
     """
-    check_float(x)
+    check_float(x, "x")
     check_bits(bits, symmetric)
-    if not 0 < clip <= 1:
-        raise ValueError(f"clip must be in (0, 1], got {clip}")
+    validate.number(clip, "clip", 0, 1, lo_open=True, todo="clip is the fraction of the range kept, e.g. 0.9")
+    validate.flag(float_offset, "float_offset")
     if symmetric and float_offset:
         raise ValueError("float_offset applies to asymmetric grids only: pass symmetric=False")
     rows = _rows(x.float(), granularity, group_size)
@@ -104,23 +103,41 @@ def fake_quant(x: torch.Tensor, bits: int = 8, granularity: str = "tensor", grou
     return quantize_rtn(x, bits, granularity, group_size, symmetric, float_offset=float_offset).dequantized
 
 
-def bits_per_weight(bits: int, granularity: str, shape: tuple, group_size: int | None = None,
-                    symmetric: bool = True, scale_bits: int = 16, float_offset: bool = False) -> float:
-    """Storage per weight: the code plus every scale (16-bit) and zero-point (`bits` bits, or a 16-bit offset) it shares."""
+def storage_bits(code_bits: float, weights_per_scale: float | None = None, scale_bits: float = 16,
+                 zero_bits: float = 0) -> float:
+    """Bits stored per weight: its code plus its share of one scale (and zero-point) per `weights_per_scale` weights."""
+    return code_bits if weights_per_scale is None else code_bits + (scale_bits + zero_bits) / weights_per_scale
+
+
+def rtn_bits_per_weight(bits: int, granularity: str, shape: tuple, group_size: int | None = None,
+                        symmetric: bool = True, scale_bits: int = 16, float_offset: bool = False) -> float:
+    """storage_bits of RTN codes on a weight of `shape`: one scale (and zero-point: `bits` bits, or a 16-bit offset) per
+    tensor, row or group."""
+    check_bits(bits, symmetric)
+    validate.choice(granularity, "granularity", GRANULARITIES)
+    validate.integer(scale_bits, "scale_bits", lo=1, hi=64)
+    validate.flag(float_offset, "float_offset")
+    if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 2 or any(
+            isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+        raise validate.BadInput(f"shape must be a weight's (rows, columns), two positive integers, got {shape!r}")
     rows, cols = shape
     n_scales = {"tensor": 1, "channel": rows, "token": rows}.get(granularity)
     if n_scales is None:
         _rows(torch.empty(shape), granularity, group_size)  # validates the group size
         n_scales = rows * cols // group_size
-    per_scale = scale_bits + (0 if symmetric else 16 if float_offset else bits)
-    return bits + n_scales * per_scale / (rows * cols)
+    return storage_bits(bits, rows * cols / n_scales, scale_bits, 0 if symmetric else 16 if float_offset else bits)
 
 
 def error_stats(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
-    """Mean squared error, worst absolute error, and MSE relative to the tensor's mean square."""
+    """Mean squared error, worst absolute error, and MSE relative to the tensor's mean square (inf for an all-zero x)."""
+    validate.tensor(x, "x", kind="float")
+    validate.tensor(x_hat, "x_hat", kind="float")
+    if x.shape != x_hat.shape:
+        raise validate.BadInput(f"x and x_hat must have the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
     err = (x.float() - x_hat.float())
-    mse = err.pow(2).mean().item()
-    return {"mse": mse, "max_abs": err.abs().max().item(), "rel_mse": mse / x.float().pow(2).mean().item()}
+    mse, power = err.pow(2).mean().item(), x.float().pow(2).mean().item()
+    rel = mse / power if power > 0 else (0.0 if mse == 0 else math.inf)
+    return {"mse": mse, "max_abs": err.abs().max().item(), "rel_mse": rel}
 
 
 @contextmanager
@@ -129,7 +146,18 @@ def swapped_weights(model, transform, names: list[str] | None = None):
 
     `transform` may also be a dict {name: function}, one function per layer (then only those layers change)."""
     weights = linear_weights(model)
+    if isinstance(transform, dict):
+        if not transform or not all(callable(f) for f in transform.values()):
+            raise validate.BadInput("transform must be a function of a weight, or a non-empty dict {layer name: function}")
+    elif not callable(transform):
+        raise validate.BadInput(f"transform must be a function of a weight (e.g. lambda w: gptq.rtn(w, 4, 64)), got "
+                                f"{type(transform).__name__}")
     names = list(transform) if isinstance(transform, dict) and names is None else names
+    if names is not None:
+        names = validate.texts(names, "names", "pass layer names from models.linear_weights(model)")
+        unknown = [n for n in names if n not in weights]
+        if unknown:
+            raise validate.UnknownName(f"no linear layers named {unknown[:3]}; see models.linear_weights(model) for the names")
     chosen = weights if names is None else {n: weights[n] for n in names}
     saved = {n: w.data.clone() for n, w in chosen.items()}
     try:
@@ -144,6 +172,9 @@ def swapped_weights(model, transform, names: list[str] | None = None):
 def quantized_weights(model, bits: int, granularity: str = "channel", group_size: int | None = None,
                       symmetric: bool = True, names: list[str] | None = None, float_offset: bool = False):
     """Within the block, the decoder's linear weights (or only `names`) hold their RTN-quantized values."""
+    check_bits(bits, symmetric)
+    _rows(torch.zeros(1, group_size if isinstance(group_size, int) and not isinstance(group_size, bool) and group_size > 0
+                      else 1), granularity, group_size)  # the settings, checked before any weight changes
     return swapped_weights(model, lambda w: fake_quant(w, bits, granularity, group_size, symmetric, float_offset), names)
 
 
@@ -151,7 +182,9 @@ def quantized_weights(model, bits: int, granularity: str = "channel", group_size
 def quantized_activations(model, bits: int = 8, granularity: str = "token", symmetric: bool = True):
     """Within the block, every decoder linear layer sees its input RTN-quantized (per tensor or per token)."""
     if granularity not in ("tensor", "token"):
-        raise ValueError(f"activations are quantized per 'tensor' or per 'token', got {granularity!r}")
+        raise validate.UnknownName(f"activations are quantized per 'tensor' or per 'token', got {granularity!r}")
+    check_bits(bits, symmetric)
+    validate.model(model)
     modules = dict(model.named_modules())
 
     def hook(_module, args):

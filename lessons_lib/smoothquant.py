@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import kernels
+from . import kernels, validate
 from .activations import input_channel_absmax
 from .awq import Mapping, fold_scales, layer_mappings
 from .data import check_windows
@@ -13,14 +13,18 @@ from .quantize import check_float
 
 def check_alpha(alpha: float) -> float:
     """The migration strength must lie in [0, 1]: 0 leaves activations alone, 1 moves all their range into weights."""
-    if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise ValueError(f"alpha (migration strength) must be in [0, 1], got {alpha!r}; SmoothQuant's default is 0.5, "
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise validate.BadInput(f"alpha (migration strength) must be in [0, 1], got {alpha!r}; SmoothQuant's default is 0.5, "
                          "llm-compressor's 0.8 for LLaMA-style models")
     return float(alpha)
 
 
 def weight_absmax(linears: list[torch.nn.Linear]) -> torch.Tensor:
     """Per input channel, the largest |weight| over all the linear layers that share that input."""
+    if not isinstance(linears, (list, tuple)) or not linears or not all(isinstance(m, torch.nn.Linear) for m in linears):
+        raise validate.BadInput("linears must be a non-empty list of torch.nn.Linear layers that share one input")
+    if len({m.in_features for m in linears}) != 1:
+        raise validate.BadInput(f"the linears must share their input, got in_features {[m.in_features for m in linears]}")
     return torch.stack([lin.weight.detach().abs().float().amax(0) for lin in linears]).amax(0)
 
 
@@ -29,8 +33,8 @@ def smoothing_factors(act_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: f
     check_alpha(alpha)
     check_float(act_absmax, "act_absmax")
     check_float(w_absmax, "w_absmax")
-    if act_absmax.shape != w_absmax.shape:
-        raise ValueError(f"one statistic per input channel: act_absmax {tuple(act_absmax.shape)} vs "
+    if act_absmax.shape != w_absmax.shape or act_absmax.dim() != 1:
+        raise validate.BadInput(f"one statistic per input channel: act_absmax {tuple(act_absmax.shape)} vs "
                          f"w_absmax {tuple(w_absmax.shape)}")
     s = act_absmax.clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)
     return s.clamp(min=1e-5)
@@ -39,12 +43,17 @@ def smoothing_factors(act_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: f
 def mappings(layer, include_down: bool = False) -> list[Mapping]:
     """SmoothQuant's pairs in a LLaMA layer: input RMSNorm -> q/k/v, post-attention RMSNorm -> gate/up
     (llm-compressor's defaults), and optionally up_proj -> down_proj."""
+    validate.flag(include_down, "include_down")
     keep = {"input_layernorm", "post_attention_layernorm"} | ({"up_proj"} if include_down else set())
     return [m for m in layer_mappings(layer) if m.name in keep]
 
 
 def _named_mappings(model, include_down: bool) -> list[tuple[str, Mapping]]:
     """Every decoder layer's mappings, each with the module name of its first balance layer."""
+    from .gptq import _decoder
+
+    _decoder(model)
+    validate.flag(include_down, "include_down")
     names = {id(m): n for n, m in model.named_modules()}
     return [(names[id(m.balance[0])], m) for layer in model.model.layers for m in mappings(layer, include_down)]
 
@@ -60,6 +69,8 @@ def smooth_model(model, stats: dict[str, torch.Tensor], alpha: float, include_do
     """Fold SmoothQuant factors into every decoder layer of `model` in place (stats from activation_absmax on the
     unsmoothed model); return the factors by balance layer."""
     check_alpha(alpha)
+    if not isinstance(stats, dict) or not stats:
+        raise validate.BadInput("stats must be the dict that smoothquant.activation_absmax(model, calib) returns")
     factors = {}
     for name, m in _named_mappings(model, include_down):
         if name not in stats:
@@ -75,4 +86,8 @@ def w8a8(model, per_token: bool = True, act_dtype: torch.dtype = torch.float32) 
 
     Weights get one int8 scale per output channel; activations are quantized on the fly, one scale per token
     (per_token=True) or one for the whole input (per_token=False). Undo with kernels.restore_linears."""
+    validate.model(model)
+    validate.flag(per_token, "per_token")
+    if act_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise validate.BadInput(f"act_dtype must be torch.float32, torch.bfloat16 or torch.float16, got {act_dtype!r}")
     return kernels.swap_linears(model, "int8_w8a8", act_dtype=act_dtype, per_token=per_token)

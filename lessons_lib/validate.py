@@ -112,14 +112,23 @@ def tensor(x, name: str, *, dims: int | tuple[int, ...] | None = None, kind: str
 
 
 def token_ids(x, name: str = "windows", min_length: int = 1, todo: str = "") -> torch.Tensor:
-    """A non-empty 2-D tensor [n_windows, length] of integer token ids, length >= min_length, no negative ids."""
+    """A non-empty 2-D LongTensor [n_windows, length] of token ids, length >= min_length, no negative ids."""
     todo = todo or "cut windows with data.token_windows(tokenizer, 'eval', n_windows, length)"
-    tensor(x, name, dims=2, kind="integer", todo=todo)
-    if x.shape[1] < min_length:
-        raise _fail(name, f"[n_windows, length >= {min_length}] token ids", x, todo)
+    want = f"a 2-D LongTensor [n_windows, length{f' >= {min_length}' if min_length > 1 else ''}] of token ids"
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.is_floating_point() or x.is_complex() \
+            or x.dtype == torch.bool or x.numel() == 0 or x.shape[1] < min_length:
+        raise _fail(name, want, x, todo)
     if bool((x < 0).any()):
-        raise _fail(name, "token ids >= 0", x, todo)
+        raise _fail(name, want + " (none negative)", x, todo)
     return x
+
+
+def progress(x, name: str = "progress") -> dict:
+    """tqdm's keywords for an optional progress flag: None keeps tqdm's default (off where TQDM_DISABLE=1, as
+    `make test` and `make execute` set, so stored notebook outputs hold no bars), True/False force it."""
+    if x is None:
+        return {}
+    return {"disable": not flag(x, name)}
 
 
 def model(x, name: str = "model") -> torch.nn.Module:

@@ -32,7 +32,7 @@ def test_bad_windows_are_refused():
 
 
 def test_empty_docs_are_refused():
-    with pytest.raises(ValueError, match="docs is empty"):
+    with pytest.raises(ValueError, match="docs must be a non-empty list"):
         evaluate.bits_per_byte(Uniform(), None, [])
 
 
