@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from . import resource
+from . import bench, resource, validate
+from .quantize import storage_bits
 
 GPU_TABLE = resource("gpus.csv")  # datasheet rows, each with its source
 HOURS_PER_MONTH = 730.0  # 365 * 24 / 12
@@ -17,16 +18,45 @@ RATE_COLUMN = {"fp32": "fp32_tflops", "fp16": "fp16_tflops", "bf16": "bf16_tflop
                "int8": "int8_tops", "int4": "int4_tops", "fp4": "fp4_tflops", "nf4": "fp16_tflops"}
 
 
+# Formats whose matmuls need their own tensor cores: planning them on a GPU without those is refused.
+NEEDS_TENSOR_CORES = ("fp8", "fp4")
+
+
 def _check_format(fmt: str) -> str:
-    if fmt not in BYTES_PER_WEIGHT:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(BYTES_PER_WEIGHT)}")
-    return fmt
+    return validate.choice(fmt, "format", BYTES_PER_WEIGHT)
 
 
 def _check_positive(**values: float) -> None:
     for name, v in values.items():
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise validate.BadInput(f"{name} must be a positive number, got {v!r}")
+
+
+def _check_count(**values: int) -> None:
+    """GPUs, sequences, tokens and matrix sizes are whole numbers: 1.5 GPUs cannot be rented."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v) or v < 1:
+            raise validate.BadInput(f"{name} must be a positive number that is whole (>= 1, no fractions), got {v!r}")
+
+
+def _check_gpu(gpu_) -> "GPU":
+    if not isinstance(gpu_, GPU):
+        raise validate.BadInput(f"expected a GPU from hardware.gpu(name), got {gpu_!r}")
+    return gpu_
+
+
+def _check_fraction(usable_fraction: float) -> None:
+    validate.number(usable_fraction, "usable_fraction", 0, 1, lo_open=True,
+                    todo="the share of GPU memory the server may use, e.g. 0.9")
+
+
+def check_runs_on(gpu_: "GPU", fmt: str) -> None:
+    """Refuse a format whose matmuls need tensor cores this GPU does not have (FP8 before compute capability 8.9)."""
+    if fmt in NEEDS_TENSOR_CORES and fmt not in _check_gpu(gpu_).tensor_formats:
+        raise validate.BadInput(
+            f"{gpu_.name} (compute capability {gpu_.compute_capability}) has no {fmt.upper()} tensor cores (its "
+            f"tensor cores run {' '.join(gpu_.tensor_formats)}): plan int8 or fp16 on it, or pick a GPU that lists "
+            f"{fmt} (hardware.gpu_names(); FP8 needs compute capability 8.9 or more)")
 
 
 @dataclass(frozen=True)
@@ -46,6 +76,7 @@ class GPU:
     def peak_flops(self, fmt: str) -> float:
         """Dense peak of the matmul that `fmt` runs on (FLOP/s); error if the datasheet lists none."""
         rate = self.rates.get(RATE_COLUMN[_check_format(fmt)])
+        check_runs_on(self, fmt)
         if rate is None:
             raise ValueError(f"{self.name}: the datasheet lists no {RATE_COLUMN[fmt]} rate ({self.notes})")
         return rate * 1e12
@@ -59,9 +90,9 @@ def _rows() -> tuple:
 def gpu(name: str) -> GPU:
     """Look up a GPU of the table (resources/gpus.csv) by name (case-insensitive)."""
     rows = {r["name"].lower(): r for r in _rows()}
-    row = rows.get(name.lower())
+    row = rows.get(" ".join(name.split()).lower()) if isinstance(name, str) else None
     if row is None:
-        raise KeyError(f"unknown GPU {name!r}; the table has {[r['name'] for r in _rows()]}")
+        raise validate.UnknownName(f"unknown GPU {name!r}; the table has {[r['name'] for r in _rows()]}")
     rates = {k: (float(v) if v else None) for k, v in row.items() if k.endswith(("_tflops", "_tops"))}
     return GPU(row["name"], row["architecture"], float(row["compute_capability"]), float(row["memory_gb"]),
                float(row["bandwidth_gbs"]), rates, tuple(row["tensor_formats"].split()), row["source"], row["notes"])
@@ -86,6 +117,12 @@ class ModelShape:
     vocab: int
     tied_embeddings: bool = False
 
+    def __post_init__(self):
+        _check_count(layers=self.layers, hidden=self.hidden, mlp=self.mlp, q_heads=self.q_heads, kv_heads=self.kv_heads,
+                     head_dim=self.head_dim, vocab=self.vocab)
+        if self.q_heads % self.kv_heads:
+            raise validate.BadInput(f"q_heads ({self.q_heads}) must be a multiple of kv_heads ({self.kv_heads})")
+
     @property
     def parameters(self) -> int:
         """Parameter count: attention (q, k, v, o), gated MLP, two norms per layer, embeddings, final norm."""
@@ -107,82 +144,100 @@ SMOLLM2_135M = ModelShape("SmolLM2-135M", 30, 576, 1536, 9, 3, 64, 49152, tied_e
 
 def shape_of(model) -> ModelShape:
     """The ModelShape of a loaded transformers model, read from its config."""
-    c = model.config
+    validate.model(model)
+    c = getattr(model, "config", None)
+    if not hasattr(c, "num_hidden_layers"):
+        raise validate.BadInput(f"model must be a transformers model with a config (models.load_model()), got "
+                                f"{type(model).__name__}")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     return ModelShape(getattr(c, "_name_or_path", "model") or "model", c.num_hidden_layers, c.hidden_size,
                       c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, head_dim, c.vocab_size,
                       bool(getattr(c, "tie_word_embeddings", False)))
 
 
-def bits_per_weight(fmt: str, group_size: int | None = None, scale_bits: int = 16, zero_bits: int = 0) -> float:
-    """Storage bits per weight including one scale (and zero-point) per group of `group_size` weights."""
-    bits = 8 * BYTES_PER_WEIGHT[_check_format(fmt)]
-    if group_size is None:
-        return bits
-    if not (isinstance(group_size, int) and group_size > 0):
-        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
-    return bits + (scale_bits + zero_bits) / group_size
+def format_bits_per_weight(fmt: str, group_size: int | None = None, scale_bits: int = 16, zero_bits: int = 0) -> float:
+    """Storage bits per weight of a format (quantize.storage_bits), with one scale per group of `group_size` weights."""
+    if group_size is not None and (isinstance(group_size, bool) or not (isinstance(group_size, int) and group_size > 0)):
+        raise validate.BadInput(f"group_size must be a positive integer, got {group_size!r}")
+    validate.integer(scale_bits, "scale_bits", lo=0, hi=64)
+    validate.integer(zero_bits, "zero_bits", lo=0, hi=64)
+    return storage_bits(8 * BYTES_PER_WEIGHT[_check_format(fmt)], group_size, scale_bits, zero_bits)
 
 
 def weight_bytes(parameters: float, fmt: str, group_size: int | None = None) -> float:
     """Bytes to store `parameters` weights in `fmt` (with per-group scales when group_size is given)."""
     _check_positive(parameters=parameters)
-    return parameters * bits_per_weight(fmt, group_size) / 8
+    return parameters * format_bits_per_weight(fmt, group_size) / 8
 
 
 def decode_step_floor_s(gpu_: GPU, n_gpus: int, weight_bytes_: float, kv_bytes_read: float = 0.0) -> float:
     """Least time for one decode step: every weight and every cached K/V byte read once at full bandwidth."""
-    _check_positive(n_gpus=n_gpus, weight_bytes=weight_bytes_)
+    _check_gpu(gpu_)
+    _check_count(n_gpus=n_gpus)
+    _check_positive(weight_bytes=weight_bytes_)
+    validate.number(kv_bytes_read, "kv_bytes_read", 0)
     return (weight_bytes_ + kv_bytes_read) / (n_gpus * gpu_.bandwidth_gbs * 1e9)
 
 
 def compute_floor_s(gpu_: GPU, n_gpus: int, parameters: float, tokens: int, fmt: str) -> float:
     """Least time for the matmuls of `tokens` tokens (2 FLOPs per weight per token) at dense peak."""
-    _check_positive(n_gpus=n_gpus, parameters=parameters, tokens=tokens)
+    _check_gpu(gpu_)
+    _check_count(n_gpus=n_gpus, tokens=tokens)
+    _check_positive(parameters=parameters)
     return 2 * parameters * tokens / (n_gpus * gpu_.peak_flops(fmt))
 
 
 def gemm_intensity(m: int, n: int, k: int, weight_fmt: str = "fp16", act_bytes: float = 2.0) -> float:
-    """Arithmetic intensity (FLOP per byte moved) of [m,k] @ [k,n]: weights, inputs and outputs read or written once."""
-    _check_positive(m=m, n=n, k=k)
-    moved = k * n * BYTES_PER_WEIGHT[_check_format(weight_fmt)] + (m * k + m * n) * act_bytes
-    return 2 * m * n * k / moved
+    """Arithmetic intensity (FLOP per byte moved) of [m,k] @ [k,n] with `weight_fmt` weights (bench's byte model)."""
+    _check_count(m=m, n=n, k=k)
+    _check_positive(act_bytes=act_bytes)
+    weights = k * n * BYTES_PER_WEIGHT[_check_format(weight_fmt)]
+    return bench.arithmetic_intensity(bench.gemm_flops(m, n, k), bench.gemm_bytes(m, n, k, weights, act_bytes, act_bytes))
 
 
-def roofline_flops(gpu_: GPU, fmt: str, intensity: float) -> float:
-    """Attainable FLOP/s at a given arithmetic intensity: min(peak, bandwidth x intensity)."""
+def attainable_flops(gpu_: GPU, fmt: str, intensity: float) -> float:
+    """bench.attainable_flops with this GPU's datasheet peak for `fmt` and its datasheet bandwidth."""
+    _check_gpu(gpu_)
     _check_positive(intensity=intensity)
-    return min(gpu_.peak_flops(fmt), gpu_.bandwidth_gbs * 1e9 * intensity)
+    return bench.attainable_flops(intensity, gpu_.peak_flops(fmt), gpu_.bandwidth_gbs * 1e9)
 
 
-def ridge_point(gpu_: GPU, fmt: str) -> float:
-    """Arithmetic intensity (FLOP/byte) above which `fmt` matmuls on this GPU are compute-bound."""
-    return gpu_.peak_flops(fmt) / (gpu_.bandwidth_gbs * 1e9)
+def ridge_intensity(gpu_: GPU, fmt: str) -> float:
+    """bench.ridge_intensity from this GPU's datasheet: the FLOP/byte above which `fmt` matmuls are compute-bound."""
+    _check_gpu(gpu_)
+    return bench.ridge_intensity(gpu_.peak_flops(fmt), gpu_.bandwidth_gbs * 1e9)
 
 
 def gpus_needed(total_bytes: float, gpu_: GPU, usable_fraction: float = 0.9) -> int:
     """Smallest number of GPUs whose usable memory holds `total_bytes` (vLLM reserves 10% by default)."""
-    _check_positive(total_bytes=total_bytes, usable_fraction=usable_fraction)
+    _check_gpu(gpu_)
+    _check_positive(total_bytes=total_bytes)
+    _check_fraction(usable_fraction)
     return math.ceil(total_bytes / (gpu_.memory_gb * 1e9 * usable_fraction))
 
 
 def kv_tokens_that_fit(gpu_: GPU, n_gpus: int, weight_bytes_: float, kv_bytes_per_token: float,
                        usable_fraction: float = 0.9) -> int:
     """How many tokens of KV cache fit beside the weights (0 if the weights alone do not fit)."""
-    _check_positive(n_gpus=n_gpus, weight_bytes=weight_bytes_, kv_bytes_per_token=kv_bytes_per_token)
+    _check_gpu(gpu_)
+    _check_count(n_gpus=n_gpus)
+    _check_positive(weight_bytes=weight_bytes_, kv_bytes_per_token=kv_bytes_per_token)
+    _check_fraction(usable_fraction)
     free = n_gpus * gpu_.memory_gb * 1e9 * usable_fraction - weight_bytes_
     return max(0, int(free // kv_bytes_per_token))
 
 
 def cost_per_month(n_gpus: int, usd_per_gpu_hour: float) -> float:
     """Dollars per month for n_gpus running around the clock."""
-    _check_positive(n_gpus=n_gpus, usd_per_gpu_hour=usd_per_gpu_hour)
+    _check_count(n_gpus=n_gpus)
+    _check_positive(usd_per_gpu_hour=usd_per_gpu_hour)
     return n_gpus * usd_per_gpu_hour * HOURS_PER_MONTH
 
 
 def cost_per_million_tokens(n_gpus: int, usd_per_gpu_hour: float, tokens_per_s: float) -> float:
     """Dollars per million generated tokens when the deployment produces tokens_per_s all the time."""
-    _check_positive(n_gpus=n_gpus, usd_per_gpu_hour=usd_per_gpu_hour, tokens_per_s=tokens_per_s)
+    _check_count(n_gpus=n_gpus)
+    _check_positive(usd_per_gpu_hour=usd_per_gpu_hour, tokens_per_s=tokens_per_s)
     return n_gpus * usd_per_gpu_hour / (tokens_per_s * 3600) * 1e6
 
 
@@ -215,8 +270,18 @@ def plan(shape: ModelShape, fmt: str, gpu_name: str, n_gpus: int | None = None, 
     n_gpus=None picks the fewest GPUs that hold weights plus the KV cache of `batch` sequences of `context`
     tokens. The floor assumes perfect tensor parallelism and full datasheet bandwidth: real kernels reach less.
     """
-    _check_positive(batch=batch, context=context)
+    if not isinstance(shape, ModelShape):
+        raise validate.BadInput(f"shape must be a hardware.ModelShape (e.g. hardware.LLAMA3_70B or shape_of(model)), "
+                                f"got {shape!r}")
+    _check_format(fmt)
+    _check_format(kv_fmt)
+    _check_count(batch=batch, context=context)
+    if n_gpus is not None:
+        _check_count(n_gpus=n_gpus)
+    _check_positive(usd_per_gpu_hour=usd_per_gpu_hour)
+    _check_fraction(usable_fraction)
     g = gpu(gpu_name)
+    check_runs_on(g, fmt)
     w = weight_bytes(shape.parameters, fmt, group_size)
     kv = batch * context * shape.kv_bytes_per_token(kv_fmt)
     n = n_gpus if n_gpus is not None else gpus_needed(w + kv, g, usable_fraction)
@@ -238,6 +303,7 @@ def max_batch(shape: ModelShape, fmt: str, gpu_name: str, n_gpus: int, context: 
               latency_ms: float = 50.0, kv_fmt: str = "fp16", limit: int = 4096) -> int:
     """Largest batch whose KV cache fits and whose decode-step floor stays within latency_ms (0 if none)."""
     _check_positive(latency_ms=latency_ms)
+    _check_count(n_gpus=n_gpus, context=context, limit=limit)
     best = 0
     for batch in range(1, limit + 1):
         p = plan(shape, fmt, gpu_name, n_gpus=n_gpus, batch=batch, context=context, kv_fmt=kv_fmt)
