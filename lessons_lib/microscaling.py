@@ -17,7 +17,7 @@ import torch
 
 from . import validate
 from .formats import FloatFormat, get
-from .quantize import bits_per_weight as _group_bits_per_weight
+from .quantize import storage_bits
 
 # Element formats (OCP MX spec v1.0, section 5.3): FP6 and FP4 have no Inf or NaN; conversions saturate.
 ELEMENTS: dict[str, FloatFormat] = {
@@ -262,10 +262,10 @@ def gguf_blocks(enc: Encoded) -> np.ndarray:
 
 
 def bits_per_weight(fmt: str | Scheme, shape: tuple | None = None) -> float:
-    """Storage per element with every scale counted (quantize.bits_per_weight's group rule); NVFP4's 32-bit tensor
-    scale is spread over `shape`'s elements (amortised away when shape is None)."""
+    """Storage per element with every scale counted (quantize.storage_bits, the course's one definition); NVFP4's
+    32-bit tensor scale is spread over `shape`'s elements (amortised away when shape is None)."""
     s = _scheme(fmt)
-    group = _group_bits_per_weight(s.element_format.bits, "group", (1, s.block), s.block, scale_bits=SCALES[s.scale])
+    group = storage_bits(s.element_format.bits, s.block, SCALES[s.scale])
     if shape is None or not s.tensor_scale:
         return group
     return group + 32 / int(np.prod(shape))
