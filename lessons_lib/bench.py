@@ -159,6 +159,16 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int = 256 * 2*
             "median_s": statistics.median(secs)}
 
 
+def measure_read_bandwidth(device: str | torch.device = "cpu", nbytes: int = 256 * 2**20, repeats: int = 20) -> dict:
+    """Streaming-read bandwidth from a large sum reduction: bytes read per second, what decode does to its weights."""
+    n = nbytes // 4
+    src = torch.rand(n, device=device)
+    secs = samples(lambda i: src.sum(), warmup=3, repeats=repeats, device=device)
+    gbs, iqr = rate(n * 4 / 1e9, secs)
+    return {"gb_per_s": gbs, "gb_per_s_iqr": iqr, "bytes_read": n * 4, "counted": "read (sum reduction)",
+            "median_s": statistics.median(secs)}
+
+
 def _matmul_fn(device: torch.device, dtype: str, n: int) -> Callable[[int], object]:
     """A closure running one n x n x n matmul of the given kind on prepared operands."""
     if dtype == "int8":

@@ -588,6 +588,13 @@ def restore_linears(model: nn.Module, originals: dict[str, nn.Linear]) -> None:
         _set_module(model, name, lin)
 
 
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor stores; for a tensor subclass holding packed data (torchao's), the sum of its inner tensors."""
+    if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, nn.Parameter):
+        return sum(tensor_bytes(getattr(t, name)) for name in t.__tensor_flatten__()[0])
+    return t.numel() * t.element_size()
+
+
 def linear_bytes(model: nn.Module) -> int:
     """Stored bytes of every nn.Linear and QuantLinear weight (and bias) in the model."""
     total = 0
@@ -595,5 +602,5 @@ def linear_bytes(model: nn.Module) -> int:
         if isinstance(m, QuantLinear):
             total += m.nbytes
         elif isinstance(m, nn.Linear):
-            total += sum(p.numel() * p.element_size() for p in m.parameters(recurse=False))
+            total += sum(tensor_bytes(p) for p in m.parameters(recurse=False))
     return total

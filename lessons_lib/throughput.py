@@ -327,6 +327,11 @@ def ceilings(device: torch.device, bw_bytes: int, matmul_n: int, dtypes: list, l
         log(f"bandwidth {out['bandwidth']['gb_per_s']:.0f} GB/s (iqr {out['bandwidth']['gb_per_s_iqr']:.0f})")
     except Exception as e:  # noqa: BLE001
         out["bandwidth"] = {"error": error_text(e)}
+    try:  # decode streams its weights: its floor uses a read, not a copy
+        out["read_bandwidth"] = bench.measure_read_bandwidth(device, bw_bytes)
+        log(f"read bandwidth {out['read_bandwidth']['gb_per_s']:.0f} GB/s (sum reduction)")
+    except Exception as e:  # noqa: BLE001
+        out["read_bandwidth"] = {"error": error_text(e)}
     for dtype in dtypes:
         try:
             out["matmul"][dtype] = r = bench.measure_matmul_peak(device, dtype, matmul_n)
@@ -499,15 +504,17 @@ def best_tokens_per_s(r: dict, batch: int) -> float | None:
 
 
 def decode_floors(dec: dict, ceil: dict) -> dict:
-    """Per format: weight bytes per token / measured bandwidth = least batch-1 step time; the fraction reached."""
-    bw, _ = ceiling_values(ceil)
+    """Per format: weight bytes per token / measured read bandwidth (copy where none) = least batch-1 step time."""
+    read = (ceil.get("read_bandwidth") or {}).get("gb_per_s")
+    bw = read * 1e9 if read else ceiling_values(ceil)[0]
     floors = {}
     for r in dec["results"]:
         if "bytes_read_per_token" in r and bw:
             floor_s, best = r["bytes_read_per_token"] / bw, best_tokens_per_s(r, 1)
             floors[r["format"]] = {"bytes_read_per_token": r["bytes_read_per_token"], "floor_step_s": floor_s,
                                    "floor_tokens_per_s": 1 / floor_s, "best_batch1_tokens_per_s": best,
-                                   "fraction_of_floor": finite(best * floor_s) if best else None}
+                                   "fraction_of_floor": finite(best * floor_s) if best else None,
+                                   "floor_bandwidth": "read (sum reduction)" if read else "copy (read + written)"}
     return floors
 
 
@@ -553,3 +560,77 @@ def compiled_decode(model, prompt: int, new_tokens: int, mode: str = "reduce-ove
         secs = bench.samples(once, warmup=0, repeats=new_tokens, device=device)
     torch._dynamo.reset()
     return {"compile_and_warmup_s": warm_s, "mode": mode, **decode_result(secs, 1, cache)}
+
+
+# ----------------------------------------------------------------------------------------------- the byte law
+LINEAR_OPS = ("aten::mm", "aten::addmm", "aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu",
+              "aten::_weight_int4pack_mm", "aten::_int_mm", "aten::_scaled_mm")
+
+
+def decode_vs_floor(model, formats: list, read_bw: float, prompt: int = 64, new_tokens: int = 16,
+                    compiled: bool = True, group_size: int | None = 64, max_s: float = 5.0, log=print) -> list[dict]:
+    """Batch-1 decode per format, eager and under torch.compile side by side, each against its bandwidth floor.
+
+    The floor is bytes read per token / read_bw (a streaming read, bench.measure_read_bandwidth): the least time a
+    step can take if it did nothing but read its weights. Speedups are over the first format (fp32)."""
+    device, vocab = next(model.parameters()).device, model.config.vocab_size
+    rows = []
+    for fmt in formats:
+        work, originals = in_format(model, fmt, "fp32", group_size)
+        try:
+            with torch.no_grad():
+                moved = bytes_read_per_token(work)
+                row = {"format": fmt, "bytes_read_per_token": moved, "floor_s": moved / read_bw,
+                       "eager": time_decode_eager(work, device, 1, prompt, new_tokens, vocab, max_s)}
+                if compiled:
+                    row["compiled"] = compiled_decode(work, prompt, new_tokens, mode="default", log=log)
+        finally:
+            if originals is not None:
+                kernels.restore_linears(work, originals)
+            del work
+            free_memory()
+        for mode in ("eager", "compiled"):
+            if mode in row:
+                row[f"{mode}_fraction_of_floor"] = row["floor_s"] / row[mode]["step_median_s"]
+        rows.append(row)
+        log(f"byte law {fmt:16s} floor {row['floor_s'] * 1e3:.1f} ms, eager {row['eager']['step_median_s'] * 1e3:.1f} ms"
+            + (f", compiled {row['compiled']['step_median_s'] * 1e3:.1f} ms" if compiled else ""))
+    base = rows[0]
+    for row in rows:
+        row["bytes_ratio"] = base["bytes_read_per_token"] / row["bytes_read_per_token"]
+        for mode in ("eager", "compiled"):
+            if mode in row:
+                row[f"{mode}_speedup"] = base[mode]["step_median_s"] / row[mode]["step_median_s"]
+    return rows
+
+
+def decode_profile(model, prompt: int = 64, steps: int = 4) -> dict:
+    """Where a batch-1 decode step's time goes (torch.profiler): linear kernels, attention, other ops, the rest.
+
+    'the rest' is wall time outside any torch op: Python, module calls, dispatch (and the profiler's own cost).
+    The linear kernels' bytes / their time is the bandwidth they reach, to set beside the measured read bandwidth."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    device, vocab = next(model.parameters()).device, model.config.vocab_size
+    cache = new_cache(model, 1, prompt + steps + 8, device)
+    tok = torch.randint(0, vocab, (1, 1), device=device)
+    with torch.no_grad():
+        set_cache_length(cache, prompt)
+        for _ in range(2):
+            tok = step(model, cache, tok)
+        set_cache_length(cache, prompt)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                tok = step(model, cache, tok)
+            wall = (time.perf_counter() - t0) / steps
+    ms = {"linear kernels": 0.0, "attention": 0.0, "other torch ops": 0.0}
+    for e in prof.key_averages():
+        kind = "linear kernels" if e.key in LINEAR_OPS else "attention" if "scaled_dot_product" in e.key else \
+            "other torch ops" if e.key.startswith("aten::") else None
+        if kind:
+            ms[kind] += e.self_cpu_time_total / 1e3 / steps
+    ms["Python, modules, dispatch"] = max(0.0, wall * 1e3 - sum(ms.values()))
+    linear = kernels.linear_bytes(model)  # lm_head included
+    return {"step_ms": wall * 1e3, "ms": ms, "linear_bytes": linear,
+            "linear_gb_per_s": linear / (ms["linear kernels"] / 1e3) / 1e9 if ms["linear kernels"] else None}

@@ -105,3 +105,12 @@ def test_int4_weight_only_in_bf16_agrees_with_torchao_within_its_quantization_er
     assert kernels.relative_error(yk, ya) < 0.08
     assert kernels.relative_error(yk, ref) <= kernels.relative_error(ya, ref) + 0.005  # float32 codes are no worse
     assert kernels.relative_error(yk, ref) < 0.12
+
+
+def test_stored_bytes_of_torchao_weights_are_their_packed_tensors(case):
+    w, _ = case
+    int4 = torchao_linear(w.to(torch.bfloat16), PrototypeInt4WeightOnlyConfig(group_size=64)).weight
+    assert kernels.tensor_bytes(int4) == 256 * 512 // 2 + (512 // 64) * 256 * 2 * 2  # nibbles + bf16 scale and zero
+    int8 = torchao_linear(w, Int8DynamicActivationInt8WeightConfig()).weight
+    assert 256 * 512 + 256 * 4 <= kernels.tensor_bytes(int8) < 256 * 512 + 256 * 16  # codes + per-row scales
+    assert kernels.tensor_bytes(w) == 256 * 512 * 4
