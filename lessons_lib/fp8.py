@@ -97,11 +97,12 @@ def static_scale(calibration: torch.Tensor, fmt: str = "e4m3") -> float:
 
 
 @contextmanager
-def kv_cache(model, fmt: str = "e4m3", scale: float | None = 1.0):
+def kv_cache(model, fmt: str = "e4m3", scale: float | None = 1.0, transform=None):
     """Within the block, keys and values are rounded to FP8 (after RoPE, as a KV cache stores them) before attention.
 
     scale=1.0 is what vLLM uses when a checkpoint carries no KV scales; None scales each call's keys and values
-    dynamically per tensor."""
+    dynamically per tensor. transform: a function (key, value) -> (key, value) on [batch, kv heads, tokens, head dim]
+    used instead of the FP8 rounding (lessons_lib.kvcache's INT8 / INT4 caches pass theirs)."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -109,13 +110,18 @@ def kv_cache(model, fmt: str = "e4m3", scale: float | None = 1.0):
     validate.model(model)
     if scale is not None:
         _scale(scale)
+    if transform is not None and not callable(transform):
+        raise validate.BadInput(f"transform must be a function (key, value) -> (key, value), got {transform!r}")
 
     def attention(module, query, key, value, attention_mask, **kwargs):
-        key, value = (quantize(t.reshape(-1, t.shape[-1]), fmt, "tensor", scale=scale).reshape(t.shape).to(t.dtype)
-                      for t in (key, value))
+        if transform is not None:
+            key, value = (t.to(key.dtype) for t in transform(key, value))
+        else:
+            key, value = (quantize(t.reshape(-1, t.shape[-1]), fmt, "tensor", scale=scale).reshape(t.shape).to(t.dtype)
+                          for t in (key, value))
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
-    name = f"qht_fp8_kv_{fmt}"
+    name = f"qht_fp8_kv_{fmt}" if transform is None else f"qht_kv_{getattr(transform, '__name__', 'custom')}"
     AttentionInterface.register(name, attention)
     previous = model.config._attn_implementation
     model.set_attn_implementation(name)

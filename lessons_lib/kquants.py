@@ -93,7 +93,7 @@ def _q4_0(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([d16.view(np.uint8), qs], 1), values
 
 
-def _fit_affine(x: np.ndarray, w: np.ndarray, levels: int, candidates: int = 21) -> tuple[np.ndarray, np.ndarray]:
+def _fit_affine(x: np.ndarray, w: np.ndarray, levels: int, candidates: int = 11) -> tuple[np.ndarray, np.ndarray]:
     """Per row of x: scale d >= 0 and offset m <= 0 minimising sum w (d q + m - x)^2 over codes q in 0..levels-1;
     candidate grids as llama.cpp's make_qkx2_quants (range / (levels - 1 + delta)), each refined by weighted least
     squares."""
@@ -101,7 +101,7 @@ def _fit_affine(x: np.ndarray, w: np.ndarray, levels: int, candidates: int = 21)
     span = np.maximum(hi - lo, 1e-30)
     best_err = np.full(lo.shape, np.inf)
     best_d, best_m = span / (levels - 1), lo.copy()
-    for delta in np.linspace(-1, 1, candidates):
+    for delta in np.linspace(-1, 1, candidates, dtype=np.float32):
         q = np.clip(np.round((x - lo) * ((levels - 1 + delta) / span)), 0, levels - 1)
         sw, swq, swq2 = w.sum(1, keepdims=True), (w * q).sum(1, keepdims=True), (w * q * q).sum(1, keepdims=True)
         swx, swqx = (w * x).sum(1, keepdims=True), (w * q * x).sum(1, keepdims=True)
@@ -119,12 +119,12 @@ def _fit_affine(x: np.ndarray, w: np.ndarray, levels: int, candidates: int = 21)
     return best_d, -best_m
 
 
-def _fit_symmetric(x: np.ndarray, w: np.ndarray, qmax: int, candidates: int = 19) -> np.ndarray:
+def _fit_symmetric(x: np.ndarray, w: np.ndarray, qmax: int, candidates: int = 11) -> np.ndarray:
     """Per row: the scale d minimising sum w (d q - x)^2 over codes q in -qmax-1..qmax (weighted least squares over
     a grid of candidate scales around absmax / qmax)."""
     amax = np.maximum(np.abs(x).max(1, keepdims=True), 1e-30)
     best_err, best_d = np.full(amax.shape, np.inf), amax / qmax
-    for delta in np.linspace(-0.9, 0.9, candidates):
+    for delta in np.linspace(-0.9, 0.9, candidates, dtype=np.float32):
         q = np.clip(np.round(x * ((qmax + delta) / amax)), -qmax - 1, qmax)
         d = (w * q * x).sum(1, keepdims=True) / np.maximum((w * q * q).sum(1, keepdims=True), 1e-30)
         err = (w * (d * q - x) ** 2).sum(1, keepdims=True)

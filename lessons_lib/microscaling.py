@@ -10,6 +10,7 @@ cores of compute capability 10.x / 12.x multiply these bits directly.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -270,3 +271,23 @@ def bits_per_weight(fmt: str | Scheme, shape: tuple | None = None) -> float:
         return group
     return group + 32 / int(np.prod(shape))
 
+
+
+@contextmanager
+def quantized_inputs(model, fmt: str | Scheme):
+    """Within the block, every decoder linear layer sees its input through `fmt` (blocks along the features; NVFP4's
+    tensor scale taken from each call's input, as a dynamic activation scale)."""
+    from .models import linear_weights
+
+    s = _scheme(fmt)
+    modules = dict(model.named_modules())
+
+    def hook(_module, args):
+        return (fake_quantize(args[0], s),) + args[1:]
+
+    handles = [modules[n].register_forward_pre_hook(hook) for n in linear_weights(model)]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
