@@ -5,6 +5,7 @@ import textwrap
 from dataclasses import dataclass
 
 from . import hardware as hw
+from . import validate
 from .kernels import FORMATS
 
 
@@ -15,6 +16,12 @@ class Candidate:
     fmt: str
     gpu: str
     n_gpus: int
+
+    def __post_init__(self):
+        validate.choice(self.fmt, "format", FORMATS, "use a kernels.FORMATS name such as 'fp8_w8a8'")
+        hw.gpu(self.gpu)  # an unknown GPU is named with the table's list
+        if isinstance(self.n_gpus, bool) or not isinstance(self.n_gpus, int) or self.n_gpus < 1:
+            raise validate.BadInput(f"n_gpus must be a whole number >= 1 (GPUs are rented whole), got {self.n_gpus!r}")
 
     @property
     def storage(self) -> str:
@@ -38,14 +45,27 @@ FINAL = "Of the rest: the lowest cost per million tokens"
 def assess(shape: hw.ModelShape, c: Candidate, quality_cost: dict[str, float], usd_per_gpu_hour: dict[str, float],
            efficiency: dict[str, float] | None = None, batch: int = 1, context: int = 4096, latency_ms: float = 50.0,
            max_quality_cost: float = 0.05, kv_fmt: str = "fp16") -> dict:
-    """Everything the rules need about one candidate: memory, expected step time, quality cost, cost."""
+    """Everything the rules need about one candidate: memory, expected step time, quality cost, cost.
+
+    max_quality_cost is in the units of the quality_cost given (decide.QUALITY_MEASURES): a fraction of fp32's
+    perplexity for "ppl" and "ppl_upper", nats per token for "kl"."""
+    if not isinstance(c, Candidate):
+        raise validate.BadInput(f"c must be a decide.Candidate(fmt, gpu, n_gpus), got {c!r}")
+    for name, table in (("quality_cost", quality_cost), ("usd_per_gpu_hour", usd_per_gpu_hour),
+                        ("efficiency", efficiency or {})):
+        if not isinstance(table, dict):
+            raise validate.BadInput(f"{name} must be a dict, got {type(table).__name__}")
+    validate.number(latency_ms, "latency_ms", 0, lo_open=True)
+    validate.number(max_quality_cost, "max_quality_cost", 0, todo="a relative perplexity increase, e.g. 0.05 for 5%")
     if c.fmt not in quality_cost:
         raise KeyError(f"no measured quality cost for {c.fmt!r}; known: {sorted(quality_cost)}")
     if c.gpu not in usd_per_gpu_hour:
         raise KeyError(f"no price for {c.gpu!r}; give usd_per_gpu_hour[{c.gpu!r}]")
+    validate.number(quality_cost[c.fmt], f"quality_cost[{c.fmt!r}]", todo="a measured quality cost")
+    validate.number(usd_per_gpu_hour[c.gpu], f"usd_per_gpu_hour[{c.gpu!r}]", 0, lo_open=True)
     eff = (efficiency or {}).get(c.fmt, 1.0)
-    if not 0 < eff <= 1:
-        raise ValueError(f"kernel efficiency for {c.fmt} must be in (0, 1], got {eff}")
+    if isinstance(eff, bool) or not isinstance(eff, (int, float)) or not 0 < eff <= 1:
+        raise validate.BadInput(f"kernel efficiency for {c.fmt} must be in (0, 1], got {eff!r}")
     p = hw.plan(shape, c.storage, c.gpu, n_gpus=c.n_gpus, batch=batch, context=context, kv_fmt=kv_fmt,
                 usd_per_gpu_hour=usd_per_gpu_hour[c.gpu])
     step_ms = p.step_ms / eff
@@ -57,14 +77,27 @@ def assess(shape: hw.ModelShape, c: Candidate, quality_cost: dict[str, float], u
             "fits": p.fits, "fast_enough": step_ms <= latency_ms, "accurate_enough": quality_cost[c.fmt] <= max_quality_cost}
 
 
+def _rows(rows) -> list[dict]:
+    """Rows as decide.assess returns them: each needs every rule's column and the cost."""
+    if not isinstance(rows, (list, tuple)):
+        raise validate.BadInput(f"rows must be a list of decide.assess(...) results, got {type(rows).__name__}")
+    need = [col for col, _ in RULES] + ["$/M tokens"]
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or any(k not in r for k in need):
+            raise validate.BadInput(f"rows[{i}] is not a decide.assess(...) result (it needs {need})")
+    return list(rows)
+
+
 def choose(rows: list[dict]) -> dict | None:
     """The candidate that passes every rule at the lowest cost per million tokens (None if none passes)."""
+    _rows(rows)
     passing = [r for r in rows if all(r[col] for col, _ in RULES)]
     return min(passing, key=lambda r: r["$/M tokens"]) if passing else None
 
 
 def rejected_by(row: dict) -> str | None:
     """The first rule a candidate fails, as its column name (None if it passes them all)."""
+    _rows([row])
     return next((col for col, _ in RULES if not row[col]), None)
 
 
@@ -99,12 +132,21 @@ FORMAT_RESULTS = {"int8_w8a8": ("06", "SmoothQuant W8A8"), "fp8_w8a8": ("07", "o
                   "int4_weight_only": ("04/05", "best of GPTQ and AWQ W4"), "nf4": ("03", "NF4")}
 
 
-def quality_costs(r: dict[str, dict]) -> dict[str, float]:
-    """Relative perplexity increase over fp32 per format, from lessons 03-07's recorded results (bf16 = 0).
+QUALITY_MEASURES = {
+    "ppl": "relative perplexity increase over fp32 (bf16 = 0)",
+    "ppl_upper": "the same at the upper end of the 95% interval of its paired difference from fp32 (a cautious cost)",
+    "kl": "mean KL divergence of the next-token distributions from fp32's, nats per token (bf16 = 0)",
+}
 
-    Refuses records measured with settings other than the course's (e.g. lesson 04 with another group size)."""
-    from . import results
 
+def quality_costs(r: dict[str, dict], measure: str = "ppl") -> dict[str, float]:
+    """Quality cost per format from lessons 03-07's recorded results, by one of QUALITY_MEASURES (bf16 = 0).
+
+    Refuses records measured with settings other than the course's (e.g. lesson 04 with another group size), and
+    records that lack the measure (records made before a lesson stored evaluate.record_values)."""
+    from . import results, validate
+
+    measure = validate.choice(measure, "quality measure", QUALITY_MEASURES)
     missing = sorted({"03", "04", "05", "06", "07"} - set(r)) if isinstance(r, dict) else None
     if missing:
         raise KeyError(f"quality_costs needs the results of lessons 03-07; missing {missing}: "
@@ -112,6 +154,15 @@ def quality_costs(r: dict[str, dict]) -> dict[str, float]:
     results.check_consistent({k: r[k] for k in ("03", "04", "05", "06", "07")})
 
     def cost(lesson: str, key: str) -> float:
+        field = {"ppl": "ppl", "ppl_upper": "ppl_diff", "kl": "kl"}[measure]
+        if key not in r[lesson].get(field, {}):
+            raise KeyError(f"lesson {lesson}'s results hold no {field!r} for {key!r}, which measure={measure!r} needs: "
+                           f"run notebooks/{lesson}_*.ipynb again (it records them with evaluate.record_values), "
+                           f"or use measure='ppl'")
+        if measure == "kl":
+            return r[lesson]["kl"][key]
+        if measure == "ppl_upper":
+            return r[lesson]["ppl_diff"][key][2] / r[lesson]["ppl"]["fp32"]
         ppl = r[lesson]["ppl"]
         return ppl[key] / ppl["fp32"] - 1
 
@@ -122,7 +173,10 @@ def quality_costs(r: dict[str, dict]) -> dict[str, float]:
 
 def kernel_efficiency(bench_results: dict) -> dict[str, float]:
     """Fraction of the bandwidth floor each format's batch-1 decode reached in a committed GPU benchmark."""
-    floors = bench_results["decode"]["floors"]
+    floors = bench_results.get("decode", {}).get("floors") if isinstance(bench_results, dict) else None
+    if not isinstance(floors, dict):
+        raise validate.BadInput("bench_results must be a committed GPU benchmark with decode floors, e.g. "
+                                "bench.committed('nvidia-h200')")
     return {fmt: f["fraction_of_floor"] for fmt, f in floors.items() if f.get("fraction_of_floor")}
 
 # The 70B deployments lesson 09 compares (lesson 00's scenario, 16-bit weights on two A100s, first).

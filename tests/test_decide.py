@@ -55,3 +55,27 @@ def test_flow_chart_draws_every_rule():
     texts = " ".join(t.get_text() for t in ax.texts)
     assert all(question in texts for _, question in decide.RULES) and decide.FINAL in texts
     plt.close(fig)
+
+
+def test_quality_costs_by_kl_or_by_the_interval():
+    import copy
+
+    from lessons_lib import results
+
+    recorded = {k: results.committed(k) for k in ("03", "04", "05", "06", "07")}
+    keys = {"03": ["NF4"], "04": ["ours W4 damp 0.1"], "05": ["ours AWQ W4"], "07": [decide.FORMAT_RESULTS["fp8_w8a8"][1]],
+            "06": [k for k in recorded["06"]["ppl"] if k.startswith("ours SmoothQuant")][:1]}
+    with pytest.raises(KeyError, match="no 'kl'.*record_values"):
+        decide.quality_costs(recorded, measure="kl")
+    with pytest.raises(KeyError, match="unknown quality measure"):
+        decide.quality_costs(recorded, measure="bleu")
+    full = copy.deepcopy(recorded)
+    for lesson, names in keys.items():  # what evaluate.record_values adds: KL and paired differences from fp32
+        ppl = full[lesson]["ppl"]
+        full[lesson]["kl"] = {k: 0.1 * (ppl[k] / ppl["fp32"] - 1) for k in names}
+        full[lesson]["ppl_diff"] = {k: [ppl[k] - ppl["fp32"], 0, 2 * (ppl[k] - ppl["fp32"])] for k in names}
+    by_ppl = decide.quality_costs(full)
+    assert by_ppl == decide.quality_costs(recorded)  # the default is unchanged
+    by_kl, upper = decide.quality_costs(full, "kl"), decide.quality_costs(full, "ppl_upper")
+    assert by_kl["nf4"] == pytest.approx(0.1 * by_ppl["nf4"]) and upper["nf4"] == pytest.approx(2 * by_ppl["nf4"])
+    assert by_kl["bf16"] == upper["bf16"] == 0.0
