@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .quantize import storage_bits
+
 
 def nf4_levels() -> torch.Tensor:
     """NF4's 16 levels, ascending: 8 positive and 7 negative normal quantiles plus an exact zero, in [-1, 1]."""
@@ -98,14 +100,14 @@ def bnb_roundtrip(w: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
     return bnbf.dequantize_4bit(packed, state).reshape(w.shape), state, packed
 
 
-def bits_per_param(blocksize: int = 64, double_quant: bool = False, block2: int = 256) -> float:
-    """4 bits per weight plus its share of the block scales: fp32 absmax, or 8-bit absmax + fp32 per 256 of them."""
+def bnb_bits_per_weight(blocksize: int = 64, double_quant: bool = False, block2: int = 256) -> float:
+    """quantize.storage_bits of bitsandbytes 4-bit: fp32 absmax per block, or 8-bit absmax + one fp32 per block2 of them."""
     if not double_quant:
-        return 4 + 32 / blocksize
-    return 4 + 8 / blocksize + 32 / (blocksize * block2)
+        return storage_bits(4, blocksize, 32)
+    return storage_bits(storage_bits(4, blocksize, 8), blocksize * block2, 32)
 
 
-def measured_bits_per_param(packed: torch.Tensor, state) -> float:
+def bnb_measured_bits_per_weight(packed: torch.Tensor, state) -> float:
     """Bits per weight counted from what bitsandbytes actually stores (packed codes, scales, nested scales, offset)."""
     n_bytes = packed.numel() * packed.element_size() + state.absmax.numel() * state.absmax.element_size()
     if state.nested:

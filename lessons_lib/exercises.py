@@ -64,7 +64,7 @@ EXERCISES: dict[str, Exercise] = {
     ),
     "02.bpw_asym_g64": Exercise(
         "Bits per weight of 4-bit asymmetric quantization in groups of 64, with a 16-bit scale and a 4-bit zero-point per group.",
-        lambda: quantize.bits_per_weight(4, "group", (64, 64), 64, symmetric=False), 1e-9,
+        lambda: quantize.rtn_bits_per_weight(4, "group", (64, 64), 64, symmetric=False), 1e-9,
         "4 bits of code, plus (16 + 4) bits shared by the 64 weights of a group.",
     ),
     "02.int8_step": Exercise(
@@ -79,17 +79,17 @@ EXERCISES: dict[str, Exercise] = {
     ),
     "03.bpp_dq": Exercise(
         "Bits per parameter of NF4 in blocks of 64 with double quantization (8-bit absmax in blocks of 256, one fp32 scale each).",
-        lambda: codebooks.bits_per_param(64, double_quant=True), 1e-6,
+        lambda: codebooks.bnb_bits_per_weight(64, double_quant=True), 1e-6,
         "4 bits of code + 8 bits of absmax per 64 weights + 32 bits per 256 absmax values.",
     ),
     "03.bpp_block128": Exercise(
         "Bits per parameter of NF4 in blocks of 128, without double quantization.",
-        lambda: codebooks.bits_per_param(128, double_quant=False), 1e-6,
+        lambda: codebooks.bnb_bits_per_weight(128, double_quant=False), 1e-6,
         "4 bits of code + one fp32 absmax per 128 weights.",
     ),
     "03.gb_70b_nf4_dq": Exercise(
         "GB (1e9 bytes) for all of Llama-3-70B's parameters in NF4, blocks of 64, with double quantization.",
-        lambda: hw.LLAMA3_70B.parameters * codebooks.bits_per_param(64, double_quant=True) / 8 / 1e9, 0.005,
+        lambda: hw.LLAMA3_70B.parameters * codebooks.bnb_bits_per_weight(64, double_quant=True) / 8 / 1e9, 0.005,
         "parameters x bits per parameter / 8 bytes; hardware.LLAMA3_70B.parameters has the count.",
     ),
     "04.min_tokens_full_rank": Exercise(
@@ -102,7 +102,7 @@ EXERCISES: dict[str, Exercise] = {
     "04.bpw_g128_act_order": Exercise(
         "Bits per weight of a 4-bit symmetric GPTQ checkpoint of a 4096 x 4096 layer, groups of 128 with 16-bit scales, "
         "plus act-order's g_idx (one int32 group index per input column).",
-        lambda: quantize.bits_per_weight(4, "group", (4096, 4096), 128) + 32 * 4096 / 4096**2, 1e-9,
+        lambda: quantize.rtn_bits_per_weight(4, "group", (4096, 4096), 128) + 32 * 4096 / 4096**2, 1e-9,
         "4 bits of code + 16 bits of scale per 128 weights + 32 bits per input column shared by the layer's 4096 rows.",
     ),
     "05.folded_norm_weight": Exercise(
@@ -113,8 +113,8 @@ EXERCISES: dict[str, Exercise] = {
     "05.keep_1pct_fp16_overhead": Exercise(
         "Keeping 1% of input channels in fp16 and the rest in 4-bit groups of 128 (16-bit scales, symmetric): by what "
         "fraction does storage per weight grow over plain 4-bit? (e.g. 0.05 for 5%)",
-        lambda: (0.01 * 16 + 0.99 * quantize.bits_per_weight(4, "group", (4096, 4096), 128))
-        / quantize.bits_per_weight(4, "group", (4096, 4096), 128) - 1, 1e-6,
+        lambda: (0.01 * 16 + 0.99 * quantize.rtn_bits_per_weight(4, "group", (4096, 4096), 128))
+        / quantize.rtn_bits_per_weight(4, "group", (4096, 4096), 128) - 1, 1e-6,
         "Mixed storage: 1% of weights at 16 bits, 99% at 4 + 16/128 bits; divide by 4 + 16/128 and subtract 1.",
     ),
     "06.smoothing_factor": Exercise(
@@ -149,7 +149,7 @@ EXERCISES: dict[str, Exercise] = {
     ),
     "08.h200_ridge": Exercise(
         "The H200's ridge point for bf16 from its datasheet (989.5 TFLOP/s dense, 4.8 TB/s), in FLOP per byte.",
-        lambda: hw.ridge_point(hw.gpu("H200"), "bf16"), 1e-3,
+        lambda: hw.ridge_intensity(hw.gpu("H200"), "bf16"), 1e-3,
         "Peak FLOP/s divided by bytes/s: the intensity at which memory time and compute time are equal.",
     ),
     "08.int4_gemv_us": Exercise(

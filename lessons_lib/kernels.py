@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import fp8
+from .models import decoder_linears
 from .quantize import check_float, quantize_rtn
 
 # Names this module used before; an old name is refused with the new one.
@@ -559,12 +560,6 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, {self.qw.fmt}"
-
-
-def decoder_linears(model: nn.Module, skip: tuple = ("lm_head",)) -> dict[str, nn.Linear]:
-    """name -> nn.Linear for every Linear of the model except those whose name contains a `skip` part."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not any(s in name for s in skip)}
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:

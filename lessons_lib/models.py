@@ -314,11 +314,16 @@ def logical_parameters(model) -> int:
     return total
 
 
-def linear_weights(model) -> dict:
-    """The weight of every nn.Linear inside the decoder layers, by module name (the head is excluded)."""
+def decoder_linears(model, skip: tuple = ()) -> dict:
+    """name -> nn.Linear for every Linear inside the decoder layers (never the head), except names with a `skip` part."""
     validate.model(model)
-    return {name: m.weight for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and ".layers." in f".{name}"}
+    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and ".layers." in f".{name}" and not any(s in name for s in skip)}
+
+
+def linear_weights(model) -> dict:
+    """The weight of every decoder_linears layer, by module name."""
+    return {name: m.weight for name, m in decoder_linears(model).items()}
 
 
 def q4_1_grid_fraction(weight: torch.Tensor, block: int = 32) -> float:

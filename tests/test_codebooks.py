@@ -34,8 +34,8 @@ def test_quantize_codebook_matches_bitsandbytes_nf4(gauss):
 def test_bits_per_param_measured_from_bitsandbytes(gauss, double_quant):
     w = gauss[: 256 * 1024].reshape(256, 1024)
     _, state, packed = C.bnb_roundtrip(w, "nf4", 64, double_quant)
-    assert abs(C.measured_bits_per_param(packed, state) - C.bits_per_param(64, double_quant)) < 1e-3
-    assert C.bits_per_param(64) == 4.5 and abs(C.bits_per_param(64, True) - 4.127) < 1e-3
+    assert abs(C.bnb_measured_bits_per_weight(packed, state) - C.bnb_bits_per_weight(64, double_quant)) < 1e-3
+    assert C.bnb_bits_per_weight(64) == 4.5 and abs(C.bnb_bits_per_weight(64, True) - 4.127) < 1e-3
 
 
 def test_lloyd_max_levels_are_centroids(gauss):

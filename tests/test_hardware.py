@@ -17,8 +17,8 @@ def test_kv_cache_per_token():
 
 
 def test_bits_and_bytes():
-    assert hw.bits_per_weight("int4", 128) == 4.125
-    assert hw.bits_per_weight("int4", 64, zero_bits=16) == 4.5
+    assert hw.format_bits_per_weight("int4", 128) == 4.125
+    assert hw.format_bits_per_weight("int4", 64, zero_bits=16) == 4.5
     assert hw.weight_bytes(1e9, "fp16") == 2e9 and hw.weight_bytes(1e9, "nf4") == 0.5e9
 
 
@@ -26,9 +26,9 @@ def test_floors_and_roofline():
     a100 = hw.gpu("A100 80GB")
     assert math.isclose(hw.decode_step_floor_s(a100, 2, 140e9), 140e9 / (2 * 2039e9))
     assert math.isclose(hw.compute_floor_s(a100, 1, 1e9, 1, "int8"), 2e9 / 624e12)
-    assert math.isclose(hw.ridge_point(a100, "fp16"), 312e12 / 2039e9)
-    assert hw.roofline_flops(a100, "fp16", 1.0) == 2039e9  # bandwidth-bound
-    assert hw.roofline_flops(a100, "fp16", 1e4) == 312e12  # compute-bound
+    assert math.isclose(hw.ridge_intensity(a100, "fp16"), 312e12 / 2039e9)
+    assert hw.attainable_flops(a100, "fp16", 1.0) == 2039e9  # bandwidth-bound
+    assert hw.attainable_flops(a100, "fp16", 1e4) == 312e12  # compute-bound
     assert 0.99 < hw.gemm_intensity(1, 4096, 4096, "fp16") < 1.0  # a GEMV does ~1 FLOP per weight byte
     assert hw.gemm_intensity(512, 4096, 4096, "fp16") > 200
 
@@ -86,4 +86,4 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="lists no int4_tops rate"):
         hw.gpu("H100 SXM").peak_flops("int4")
     with pytest.raises(ValueError, match="group_size must be a positive integer"):
-        hw.bits_per_weight("int4", 0)
+        hw.format_bits_per_weight("int4", 0)

@@ -40,10 +40,11 @@ def test_zero_is_exact_and_all_zero_rows_survive():
 
 
 def test_bits_per_weight_accounting():
-    assert Q.bits_per_weight(4, "group", (576, 576), 64) == 4 + 16 / 64
-    assert Q.bits_per_weight(4, "group", (576, 576), 64, symmetric=False) == 4 + 20 / 64
-    assert Q.bits_per_weight(8, "channel", (1536, 576)) == 8 + 16 / 576
-    assert Q.bits_per_weight(8, "tensor", (1536, 576)) == 8 + 16 / (1536 * 576)
+    assert Q.rtn_bits_per_weight(4, "group", (576, 576), 64) == 4 + 16 / 64
+    assert Q.rtn_bits_per_weight(4, "group", (576, 576), 64, symmetric=False) == 4 + 20 / 64
+    assert Q.rtn_bits_per_weight(8, "channel", (1536, 576)) == 8 + 16 / 576
+    assert Q.rtn_bits_per_weight(8, "tensor", (1536, 576)) == 8 + 16 / (1536 * 576)
+    assert Q.storage_bits(4) == 4 and Q.storage_bits(4, 32, 16, 16) == 5.0  # Q4_1: fp16 scale and min per 32
 
 
 def test_clear_errors():
