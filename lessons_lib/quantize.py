@@ -184,15 +184,21 @@ def quantized_activations(model, bits: int = 8, granularity: str = "token", symm
     if granularity not in ("tensor", "token"):
         raise validate.UnknownName(f"activations are quantized per 'tensor' or per 'token', got {granularity!r}")
     check_bits(bits, symmetric)
+
+    def rtn(x: torch.Tensor) -> torch.Tensor:
+        return fake_quant(x.reshape(-1, x.shape[-1]), bits, granularity, None, symmetric).reshape(x.shape)
+
+    with transformed_inputs(model, rtn):
+        yield model
+
+
+@contextmanager
+def transformed_inputs(model, transform):
+    """Within the block, every decoder linear layer sees transform(its input) instead of its input."""
     validate.model(model)
     modules = dict(model.named_modules())
-
-    def hook(_module, args):
-        x = args[0]
-        flat = x.reshape(-1, x.shape[-1])
-        return (fake_quant(flat, bits, granularity, None, symmetric).reshape(x.shape),) + args[1:]
-
-    handles = [modules[n].register_forward_pre_hook(hook) for n in linear_weights(model)]
+    handles = [modules[n].register_forward_pre_hook(lambda _m, args: (transform(args[0]),) + args[1:])
+               for n in linear_weights(model)]
     try:
         yield model
     finally:
