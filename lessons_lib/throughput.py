@@ -568,15 +568,17 @@ LINEAR_OPS = ("aten::mm", "aten::addmm", "aten::_weight_int8pack_mm", "aten::_we
 
 
 def decode_vs_floor(model, formats: list, read_bw: float, prompt: int = 64, new_tokens: int = 16,
-                    compiled: bool = True, group_size: int | None = 64, max_s: float = 5.0, log=print) -> list[dict]:
+                    compiled: bool = True, group_size: int | None = 64, max_s: float = 5.0, log=print,
+                    base: str = "fp32") -> list[dict]:
     """Batch-1 decode per format, eager and under torch.compile side by side, each against its bandwidth floor.
 
     The floor is bytes read per token / read_bw (a streaming read, bench.measure_read_bandwidth): the least time a
-    step can take if it did nothing but read its weights. Speedups are over the first format (fp32)."""
+    step can take if it did nothing but read its weights. Speedups are over the first format (fp32); `base` is the
+    model's own format (the others are converted copies)."""
     device, vocab = next(model.parameters()).device, model.config.vocab_size
     rows = []
     for fmt in formats:
-        work, originals = in_format(model, fmt, "fp32", group_size)
+        work, originals = in_format(model, fmt, base, group_size)
         try:
             with torch.no_grad():
                 moved = bytes_read_per_token(work)

@@ -46,7 +46,8 @@ PRESETS = {
                 point_s=0.15, gemm_share=0.45, group_size=64, decode_model="offline",
                 decode_formats=["fp32", "bf16", "int8_weight_only", "int4_weight_only", "int8_w8a8"],
                 decode_batches=[1, 4], prompt=64, new_tokens=32, mode_s=8.0, compile=False, compile_min_s=0,
-                compile_formats=[]),
+                compile_formats=[], byte_law_compile=True,
+                byte_law=["fp32", "bf16", "int8_weight_only", "int4_weight_only"]),
 }
 QUICK = dict(shapes=[(512, 256), (1024, 256)], batches=[1, 4, 32], bw_bytes=32 << 20, matmul_n=256,
              rotate_bytes=4 << 20, point_s=0.02, decode_batches=[1, 2], prompt=16, new_tokens=8, mode_s=2.0,
@@ -191,6 +192,9 @@ def summary(r: dict) -> str:
               for k, t in dec.get("targets", {}).items() if isinstance(t, dict) and "target" in t]
     lines += [f"compile {f}: {c.get('tokens_per_s') or 0:.1f} tok/s" for f, c in r.get("compile", {}).items()
               if isinstance(c, dict)]
+    lines += [f"  byte law {b['format']}: " + ", ".join(f"{m} {100 * b[f'{m}_fraction_of_floor']:.0f}% of floor, "
+              f"{b[f'{m}_speedup']:.2f}x fp32" for m in ("eager", "compiled") if m in b) + f" (bytes {b['bytes_ratio']:.2f}x)"
+              for b in dec.get("byte_law", [])]
     if r.get("errors"):
         lines.append("errors in: " + ", ".join(r["errors"]))
     if r.get("skipped"):
@@ -218,7 +222,8 @@ def main(argv=None) -> int:
         return 2
     quick = args.quick or (args.preset == "gpu" and device.type == "cpu")  # an 8B model does not fit the CPU lane
     cfg = {**PRESETS[args.preset], "llama_shape": LLAMA_8B, **(dict(QUICK, llama_shape=LLAMA_TINY) if quick else {})}
-    cfg.update({"budget_s": args.budget_s or cfg["budget_s"]}, **({"compile": False} if args.no_compile else {}))
+    cfg.update({"budget_s": args.budget_s or cfg["budget_s"]},
+               **({"compile": False, "byte_law_compile": False} if args.no_compile else {}))
     threads_note = tp.set_cpu_threads(device, args.threads)
     slug = slugify(kernels.device_name(device))
     slug = (slug if device.type == "cuda" else "cpu-" + slug) + ("-quick" if quick else "")
@@ -275,6 +280,13 @@ def benchmark(run: Run, device: torch.device, cfg: dict, meta: dict, threads_not
         r["decode"]["floors"] = tp.decode_floors(r["decode"], ceil)  # again: compiled steps may be the best
     elif not cfg["compile"]:
         budget.skip("compile", "not in this preset (CPU lane) or --no-compile")
+    read_bw = (ceil.get("read_bandwidth") or {}).get("gb_per_s")
+    if cfg.get("byte_law") and model is not None and read_bw:
+        with run.section("byte_law", need_s=30) as ok:  # batch-1 decode vs its read floor, eager beside compiled
+            if ok:
+                r["decode"]["byte_law"] = tp.decode_vs_floor(model, cfg["byte_law"], read_bw * 1e9, cfg["prompt"], 16,
+                                                             cfg.get("byte_law_compile", False), cfg["group_size"],
+                                                             log=run.log, base=base)
     if device.type == "cuda" and "decode" in r:
         r["decode"]["targets"] = tp.decode_targets(r["decode"])
     r["finished"] = True

@@ -42,3 +42,22 @@ def test_decode_profile_splits_the_step_and_measures_the_linear_kernels():
     assert p["ms"]["linear kernels"] > 0 and all(v >= 0 for v in p["ms"].values())
     assert sum(p["ms"].values()) >= 0.999 * p["step_ms"]  # the rest is what the ops leave of the wall time
     assert p["linear_bytes"] == kernels.linear_bytes(model) and p["linear_gb_per_s"] > 0
+
+
+def test_benchmark_script_records_the_byte_law(tmp_path, monkeypatch):
+    """The CPU preset's byte-law section, run through the quick path (tiny random model, no compile)."""
+    import json
+
+    from test_bench import _script
+
+    s = _script()
+    small = dict(shapes=[(256, 256)], batches=[1], decode_formats=["bf16"], decode_batches=[1], gemm_share=0.1)
+    monkeypatch.setattr(s, "QUICK", {**s.QUICK, **small, "byte_law": ["bf16", "int8_weight_only"]})
+    assert s.main(["--preset", "gpu", "--device", "cpu", "--quick", "--no-compile", "--threads", "1",
+                   "--budget-s", "300", "--out", str(tmp_path)]) == 0
+    r = json.loads(next(tmp_path.glob("*.json")).read_text())
+    law = {row["format"]: row for row in r["decode"]["byte_law"]}
+    assert set(law) == {"bf16", "int8_weight_only"} and law["int8_weight_only"]["bytes_ratio"] > 1
+    assert 0 < law["bf16"]["eager_fraction_of_floor"] and "compiled" not in law["bf16"]
+    assert r["ceilings"]["read_bandwidth"]["gb_per_s"] > 0
+    assert s.PRESETS["cpu"]["byte_law"] == ["fp32", "bf16", "int8_weight_only", "int4_weight_only"]

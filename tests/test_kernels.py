@@ -148,15 +148,27 @@ def test_inner_k_tiles():
     assert kernels.inner_k_tiles(576) == 4 and kernels.inner_k_tiles(96) == 2 and kernels.inner_k_tiles(40) == 0
 
 
-class Tiny(nn.Module):
+class Block(nn.Module):
     def __init__(self):
         super().__init__()
         self.up = nn.Linear(128, 256)
         self.down = nn.Linear(256, 128, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([Block()])
         self.lm_head = nn.Linear(128, 64, bias=False)
 
     def forward(self, x):
-        return self.lm_head(self.down(torch.relu(self.up(x))))
+        return self.lm_head(self.layers[0](x))
+
+    def get_output_embeddings(self):  # how transformers models name their head; swap_linears keeps it
+        return self.lm_head
 
 
 @pytest.mark.parametrize("fmt", ["int8_weight_only", "int8_w8a8", "int4_weight_only"])
@@ -168,8 +180,8 @@ def test_swap_and_restore_linears(fmt):
         ref = model(x)
         before = kernels.linear_bytes(model)
         originals = kernels.swap_linears(model, fmt, **({"group_size": 64} if fmt == "int4_weight_only" else {}))
-        assert set(originals) == {"up", "down"}  # lm_head kept
-        assert isinstance(model.up, kernels.QuantLinear) and isinstance(model.lm_head, nn.Linear)
+        assert set(originals) == {"layers.0.up", "layers.0.down"}  # lm_head kept
+        assert isinstance(model.layers[0].up, kernels.QuantLinear) and isinstance(model.lm_head, nn.Linear)
         y = model(x)
         assert y.shape == ref.shape and kernels.relative_error(y, ref) < 0.1
         assert kernels.linear_bytes(model) < before
