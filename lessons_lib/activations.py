@@ -5,14 +5,20 @@ from typing import Callable
 
 import torch
 
+from . import validate
+
 
 @torch.no_grad()
 def run_with_input_hooks(model, windows: torch.Tensor, hooks: dict[str, Callable[[torch.Tensor], None]]) -> None:
     """Run each window through the model, calling hooks[name](input) whenever module `name` is entered."""
+    validate.model(model)
+    validate.token_ids(windows, "windows")
+    if not isinstance(hooks, dict) or not hooks or not all(isinstance(n, str) and callable(f) for n, f in hooks.items()):
+        raise validate.BadInput("hooks must be a non-empty dict {module name: function of its input}")
     modules = dict(model.named_modules())
     missing = [n for n in hooks if n not in modules]
     if missing:
-        raise KeyError(f"no modules named {missing}; see models.linear_weights(model) for the names")
+        raise validate.UnknownName(f"no modules named {missing}; see models.linear_weights(model) for the names")
     handles = [modules[n].register_forward_pre_hook(lambda _m, args, fn=fn: fn(args[0].detach())) for n, fn in hooks.items()]
     try:
         device = next(model.parameters()).device
@@ -25,6 +31,7 @@ def run_with_input_hooks(model, windows: torch.Tensor, hooks: dict[str, Callable
 
 def capture_inputs(model, names: list[str], windows: torch.Tensor) -> dict[str, torch.Tensor]:
     """Run `windows` through the model; return each named module's input as [tokens, features] (float32)."""
+    names = validate.texts(names, "names", "pass module names, e.g. list(models.linear_weights(model))[:1]")
     captured: dict[str, list] = {n: [] for n in names}
     run_with_input_hooks(model, windows, {n: (lambda x, n=n: captured[n].append(x.reshape(-1, x.shape[-1]).float().cpu()))
                                           for n in names})
@@ -33,6 +40,9 @@ def capture_inputs(model, names: list[str], windows: torch.Tensor) -> dict[str, 
 
 def channel_absmax(x: torch.Tensor) -> torch.Tensor:
     """Largest |value| of each feature channel (the last dimension) over all tokens."""
+    validate.tensor(x, "x", kind="float", todo="pass activations [tokens, features], e.g. from capture_inputs")
+    if x.dim() < 1:
+        raise validate.BadInput("x must have a feature dimension: pass activations [tokens, features]")
     return x.abs().reshape(-1, x.shape[-1]).amax(0)
 
 
@@ -40,7 +50,7 @@ def input_channel_absmax(model, windows: torch.Tensor, names: list[str] | None =
     """Per input channel, the largest |activation| entering each named linear layer (default: all of them)."""
     from .models import linear_weights
 
-    names = list(linear_weights(model)) if names is None else names
+    names = list(linear_weights(model)) if names is None else validate.texts(names, "names")
     stats: dict[str, torch.Tensor] = {}
 
     def update(n: str, x: torch.Tensor) -> None:
@@ -55,7 +65,7 @@ def input_channel_mean(model, windows: torch.Tensor, names: list[str] | None = N
     """Per input channel, the mean |activation| entering each named linear layer (default: all of them)."""
     from .models import linear_weights
 
-    names = list(linear_weights(model)) if names is None else names
+    names = list(linear_weights(model)) if names is None else validate.texts(names, "names")
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from . import validate
+
 from .quantize import storage_bits
 
 
@@ -22,10 +24,10 @@ BNB_BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 def check_bnb_4bit(quant_type: str, blocksize: int) -> None:
     """Refuse 4-bit settings that bitsandbytes does not implement, naming the ones it does."""
-    if quant_type not in BNB_QUANT_TYPES:
-        raise ValueError(f"bitsandbytes 4-bit quant_type must be one of {BNB_QUANT_TYPES}, got {quant_type!r}")
-    if blocksize not in BNB_BLOCKSIZES:
-        raise ValueError(f"bitsandbytes 4-bit blocksize must be one of {BNB_BLOCKSIZES}, got {blocksize!r}")
+    if not isinstance(quant_type, str) or quant_type not in BNB_QUANT_TYPES:
+        raise validate.UnknownName(f"bitsandbytes 4-bit quant_type must be one of {BNB_QUANT_TYPES}, got {quant_type!r}")
+    if isinstance(blocksize, bool) or blocksize not in BNB_BLOCKSIZES:
+        raise validate.BadInput(f"bitsandbytes 4-bit blocksize must be one of {BNB_BLOCKSIZES}, got {blocksize!r}")
 
 
 def bnb_levels(quant_type: str) -> torch.Tensor:
@@ -52,6 +54,7 @@ def _blocks(w: torch.Tensor, block: int) -> torch.Tensor:
     from .quantize import check_float
 
     check_float(w, "weight")
+    validate.integer(block, "block", lo=2, todo="a block is a whole number of weights, e.g. 64")
     if w.numel() % block:
         raise ValueError(f"{w.numel()} values do not split into blocks of {block}: choose a block size that divides it")
     return w.detach().double().reshape(-1, block)
@@ -59,8 +62,10 @@ def _blocks(w: torch.Tensor, block: int) -> torch.Tensor:
 
 def quantize_codebook(w: torch.Tensor, levels: torch.Tensor, block: int = 64) -> torch.Tensor:
     """Blockwise absmax scaling, then each value to the nearest codebook level (as bitsandbytes does)."""
-    if levels.dim() != 1 or not (levels.min() >= -1 and levels.max() <= 1):
-        raise ValueError("levels must be a 1-D tensor of values in [-1, 1]")
+    if not isinstance(levels, torch.Tensor) or not levels.is_floating_point() or levels.dim() != 1 \
+            or levels.numel() < 2 or not bool(torch.isfinite(levels).all()) or not (levels.min() >= -1 and levels.max() <= 1):
+        raise validate.BadInput("levels must be a 1-D float tensor of at least 2 finite values in [-1, 1] "
+                                "(e.g. codebooks.nf4_levels())")
     rows = _blocks(w, block)
     absmax = rows.abs().amax(1, keepdim=True).clamp_min(1e-12)
     levels = levels.to(rows).sort().values
@@ -76,6 +81,10 @@ def normalized_blocks(w: torch.Tensor, block: int = 64) -> torch.Tensor:
 
 def lloyd_max(samples: torch.Tensor, n_levels: int = 16, iters: int = 60, max_samples: int = 2_000_000) -> torch.Tensor:
     """The MSE-optimal codebook for `samples` (1-D k-means / Lloyd-Max), started from evenly spaced quantiles."""
+    validate.tensor(samples, "samples", kind="float")
+    validate.integer(n_levels, "n_levels", lo=2)
+    validate.integer(iters, "iters", lo=1)
+    validate.integer(max_samples, "max_samples", lo=2)
     x = samples.detach().double().flatten()
     x = x[:: max(1, x.numel() // max_samples)]  # a regular subsample keeps the fit fast
     if x.numel() < n_levels:
@@ -95,6 +104,8 @@ def bnb_roundtrip(w: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
     import bitsandbytes.functional as bnbf
 
     check_bnb_4bit(quant_type, blocksize)
+    validate.tensor(w, "w", kind="float")
+    validate.flag(double_quant, "double_quant")
     packed, state = bnbf.quantize_4bit(w.detach().float().contiguous(), blocksize=blocksize, quant_type=quant_type,
                                         compress_statistics=double_quant)
     return bnbf.dequantize_4bit(packed, state).reshape(w.shape), state, packed
@@ -102,6 +113,9 @@ def bnb_roundtrip(w: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
 
 def bnb_bits_per_weight(blocksize: int = 64, double_quant: bool = False, block2: int = 256) -> float:
     """quantize.storage_bits of bitsandbytes 4-bit: fp32 absmax per block, or 8-bit absmax + one fp32 per block2 of them."""
+    validate.integer(blocksize, "blocksize", lo=1)
+    validate.flag(double_quant, "double_quant")
+    validate.integer(block2, "block2", lo=1)
     if not double_quant:
         return storage_bits(4, blocksize, 32)
     return storage_bits(storage_bits(4, blocksize, 8), blocksize * block2, 32)
@@ -109,6 +123,9 @@ def bnb_bits_per_weight(blocksize: int = 64, double_quant: bool = False, block2:
 
 def bnb_measured_bits_per_weight(packed: torch.Tensor, state) -> float:
     """Bits per weight counted from what bitsandbytes actually stores (packed codes, scales, nested scales, offset)."""
+    validate.tensor(packed, "packed", finite=False)
+    if not hasattr(state, "absmax") or not hasattr(state, "shape"):
+        raise validate.BadInput("state must be the quant_state bitsandbytes returns (codebooks.bnb_roundtrip)")
     n_bytes = packed.numel() * packed.element_size() + state.absmax.numel() * state.absmax.element_size()
     if state.nested:
         n_bytes += state.state2.absmax.numel() * state.state2.absmax.element_size() + state.offset.element_size()

@@ -106,6 +106,11 @@ def fake_quant(x: torch.Tensor, bits: int = 8, granularity: str = "tensor", grou
 def storage_bits(code_bits: float, weights_per_scale: float | None = None, scale_bits: float = 16,
                  zero_bits: float = 0) -> float:
     """Bits stored per weight: its code plus its share of one scale (and zero-point) per `weights_per_scale` weights."""
+    validate.number(code_bits, "code_bits", 0, lo_open=True, todo="bits per code, e.g. 4")
+    if weights_per_scale is not None:
+        validate.number(weights_per_scale, "weights_per_scale", 1, todo="weights sharing one scale, e.g. a group of 64")
+    validate.number(scale_bits, "scale_bits", 0)
+    validate.number(zero_bits, "zero_bits", 0)
     return code_bits if weights_per_scale is None else code_bits + (scale_bits + zero_bits) / weights_per_scale
 
 
