@@ -46,6 +46,12 @@ REBUILD_COMMAND = "python -m lessons_lib.models"  # (`make setup` runs it)
 _HASHED_UP_TO = 16 << 20  # files up to 16 MB are hashed on every load; the weights get a structural check instead
 
 
+def _path(x, name: str) -> Path:
+    if not isinstance(x, (str, os.PathLike)) or not str(x).strip():
+        raise validate.BadInput(f"{name} must be a path (str or pathlib.Path), got {type(x).__name__}")
+    return Path(x)
+
+
 class BrokenCheckpoint(OSError):
     """The offline model's converted folder is incomplete or corrupt (it is rebuilt, or says how)."""
 
@@ -60,6 +66,7 @@ def _sha256(path: Path) -> str:
 
 def safetensors_tensor_count(path: Path) -> int:
     """Parse a .safetensors header (without reading the weights) and check it spans the file; return its tensor count."""
+    path = _path(path, "path")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -100,6 +107,8 @@ def _structure_problem(folder: Path) -> str | None:
 
 def checkpoint_problem(folder: Path, full: bool = False) -> str | None:
     """What is wrong with a converted checkpoint folder (None if it is complete); full=True also hashes the weights."""
+    folder = _path(folder, "folder")
+    validate.flag(full, "full")
     if not folder.is_dir():
         return "it does not exist yet"
     try:

@@ -207,7 +207,7 @@ def test_script_quick_mode_runs_every_section_on_cpu(tmp_path):
 
     s = _script()
     assert s.main(["--preset", "gpu", "--device", "cpu", "--quick", "--no-compile", "--threads", "1",
-                   "--budget-s", "60", "--out", str(tmp_path)]) == 0
+                   "--budget-s", "240", "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("*.json")
     r = json.loads(path.read_text())
     assert r["finished"] and r["quick"] and path.name.endswith("-quick.json") and not r["errors"]
@@ -216,4 +216,4 @@ def test_script_quick_mode_runs_every_section_on_cpu(tmp_path):
     assert {p["format"] for p in r["gemm"] if "tflops" in p} >= {"fp32", "bf16"}
     decoded = {d["format"]: d for d in r["decode"]["results"]}
     assert "tokens_per_s" in decoded["bf16"]["batches"]["1"]["eager"] and "bf16" in r["decode"]["floors"]
-    assert any(x["what"] == "compile" for x in r["skipped"]) and r["elapsed_s"] < 60
+    assert any(x["what"] == "compile" for x in r["skipped"]) and r["elapsed_s"] < 240  # ~25 s when quiet
