@@ -17,11 +17,13 @@ import traceback
 
 import torch
 
-from . import bench, kernels
+from . import bench, kernels, validate
 
 
 def error_text(e: BaseException) -> str:
     """The end of an exception's traceback, for a results file (every failure is data)."""
+    if not isinstance(e, BaseException):
+        raise validate.BadInput(f"e must be an exception, got {type(e).__name__}")
     return "".join(traceback.format_exception(type(e), e, e.__traceback__))[-3000:]
 
 
@@ -49,6 +51,10 @@ def compute_dtype(fmt: str, device: torch.device) -> str:
 # ----------------------------------------------------------------------------------------------- GEMM sweep
 def time_point(fn, args: list, device: torch.device, point_s: float) -> dict:
     """Eager timing (and, on CUDA, CUDA-graph timing) of fn over rotating args; seconds per call."""
+    device = validate.device(device)
+    if not isinstance(args, (list, tuple)) or not args:
+        raise validate.BadInput("args must be a non-empty list of argument tuples (one per rotating copy)")
+    validate.number(point_s, "point_s", 0, lo_open=True)
     n = len(args)
     call = lambda i: fn(*args[i % n])  # noqa: E731  (consecutive calls use different copies)
     t1 = statistics.median(bench.samples(call, warmup=2, repeats=4, inner=1, device=device))
@@ -78,6 +84,10 @@ def rate_iqr(work: float, timing: dict) -> float:
 
 def gemm_point(copies: list, batch: int, bw: float | None, peaks: dict, device: torch.device, point_s: float = 0.1) -> dict:
     """Time y = x @ W.T at one batch size over rotating weight copies; add bytes, FLOPs, rates and roofline fraction."""
+    device = validate.device(device)
+    if not isinstance(copies, (list, tuple)) or not copies:
+        raise validate.BadInput("copies must be a non-empty list of quantized weights (throughput.rotating_copies)")
+    validate.integer(batch, "batch", lo=1)
     qw = copies[0]
     fmt, out_f, in_f = qw.fmt, qw.out_features, qw.in_features
     p = {"format": fmt, "out": out_f, "in": in_f, "batch": batch, "weight_bytes": qw.nbytes,
@@ -115,6 +125,9 @@ def set_cache_length(cache, n: int) -> None:
 
 def new_cache(model, batch: int, max_len: int, device: torch.device):
     """A StaticCache allocated up front for `batch` sequences of up to max_len tokens."""
+    device = validate.device(device)
+    validate.integer(batch, "batch", lo=1)
+    validate.integer(max_len, "max_len", lo=1)
     from transformers import StaticCache  # noqa: PLC0415
 
     c = model.config
@@ -127,6 +140,8 @@ def new_cache(model, batch: int, max_len: int, device: torch.device):
 
 def cache_bytes_of(cache) -> int:
     """Bytes of a StaticCache's key and value tensors."""
+    if not hasattr(cache, "layers"):
+        raise validate.BadInput(f"cache must be a transformers StaticCache (throughput.new_cache), got {type(cache).__name__}")
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
 
 
@@ -138,6 +153,8 @@ def step(model, cache, tok: torch.Tensor) -> torch.Tensor:
 
 def time_prefill(model, device, batch: int, prompt: int, vocab: int, reps: int = 5) -> dict:
     """Prefill of `prompt` tokens, timed `reps` times on a fresh cache length (eager)."""
+    device = _timed(model, device, batch=batch, prompt=prompt, vocab=vocab)
+    validate.integer(reps, "reps", lo=4, todo="at least 4 runs to report a spread")
     cache = new_cache(model, batch, prompt + 8, device)
     ids = torch.randint(0, vocab, (batch, prompt), device=device)
 
@@ -151,6 +168,14 @@ def time_prefill(model, device, batch: int, prompt: int, vocab: int, reps: int =
             "tokens_per_s_iqr": bench.rate(batch * prompt, secs)[1]}
 
 
+def _timed(model, device, **counts) -> torch.device:
+    """The checks every timer shares: a model, a device torch can use here, whole positive counts."""
+    validate.model(model)
+    for name, v in counts.items():
+        validate.integer(v, name, lo=1)
+    return validate.device(device)
+
+
 def steps_that_fit(seconds_per_step: float, new_tokens: int, max_s: float) -> int:
     """Timed decode steps: new_tokens, fewer when a step is slow (at least 8)."""
     return max(8, min(new_tokens, int(max_s / max(seconds_per_step, 1e-9))))
@@ -159,6 +184,8 @@ def steps_that_fit(seconds_per_step: float, new_tokens: int, max_s: float) -> in
 def time_decode_eager(model, device, batch: int, prompt: int, new_tokens: int, vocab: int,
                       max_s: float = 10.0) -> dict:
     """Per-token decode latency, eager: one Python-launched forward per token."""
+    device = _timed(model, device, batch=batch, prompt=prompt, new_tokens=new_tokens, vocab=vocab)
+    validate.number(max_s, "max_s", 0, lo_open=True)
     cache = new_cache(model, batch, prompt + new_tokens + 8, device)
     set_cache_length(cache, prompt)
     tok = torch.randint(0, vocab, (batch, 1), device=device)
@@ -176,6 +203,10 @@ def time_decode_eager(model, device, batch: int, prompt: int, new_tokens: int, v
 def time_decode_graph(model, device, batch: int, prompt: int, new_tokens: int, vocab: int,
                       max_s: float = 10.0) -> dict:
     """Per-token decode latency with launch overhead removed: the whole step captured in one CUDA graph."""
+    device = _timed(model, device, batch=batch, prompt=prompt, new_tokens=new_tokens, vocab=vocab)
+    if device.type != "cuda":
+        raise validate.BadInput("CUDA graphs need a CUDA device: use time_decode_eager on a CPU")
+    validate.number(max_s, "max_s", 0, lo_open=True)
     cache = new_cache(model, batch, prompt + new_tokens + 8, device)
     tok = torch.randint(0, vocab, (batch, 1), device=device)
     static = tok.clone()
@@ -211,6 +242,7 @@ def decode_result(secs: list, batch: int, cache) -> dict:
 
 def model_weight_bytes(model) -> int:
     """Bytes of every weight the model stores: quantized linears at their packed size, the rest as is."""
+    validate.model(model)
     linear = kernels.linear_bytes(model)
     seen = {id(p) for m in model.modules() if isinstance(m, (torch.nn.Linear, kernels.QuantLinear))
             for p in m.parameters(recurse=False)}
@@ -229,6 +261,9 @@ def bytes_read_per_token(model) -> int:
 def crossover_batch(out_features: int, in_features: int, weight_bytes: float, act_bytes: float, peak_flops: float,
                     bandwidth: float, most: int = 1 << 16) -> int | None:
     """Smallest batch at which y = x @ W.T takes longer to compute (at peak) than to move (at bandwidth)."""
+    for name, v in (("peak_flops", peak_flops), ("bandwidth", bandwidth), ("act_bytes", act_bytes)):
+        validate.number(v, name, 0, lo_open=True)
+    validate.integer(most, "most", lo=1)
     for batch in range(1, most + 1):
         flops = bench.gemm_flops(batch, out_features, in_features)
         moved = bench.gemm_bytes(batch, out_features, in_features, weight_bytes, act_bytes, act_bytes)
@@ -287,6 +322,7 @@ def free_memory() -> None:
 
 def environment(device: torch.device) -> dict:
     """Device name and properties, versions, torch.utils.collect_env's report, date, and the CPU's load."""
+    device = validate.device(device)
     from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
 
     from torch.utils import collect_env  # noqa: PLC0415
@@ -358,6 +394,8 @@ def ceilings(device: torch.device, bw_bytes: int, matmul_n: int, dtypes: list, l
 
 def ceiling_values(ceil: dict) -> tuple[float | None, dict]:
     """(bandwidth bytes/s, {dtype: FLOP/s}) from measured ceilings, skipping the failed ones."""
+    if not isinstance(ceil, dict):
+        raise validate.BadInput(f"ceil must be the dict throughput.ceilings returns, got {type(ceil).__name__}")
     bw = (ceil.get("bandwidth") or {}).get("gb_per_s")
     return (bw * 1e9 if bw else None), {d: r["tflops"] * 1e12 for d, r in ceil.get("matmul", {}).items() if "tflops" in r}
 
@@ -611,6 +649,9 @@ def decode_profile(model, prompt: int = 64, steps: int = 4) -> dict:
 
     'the rest' is wall time outside any torch op: Python, module calls, dispatch (and the profiler's own cost).
     The linear kernels' bytes / their time is the bandwidth they reach, to set beside the measured read bandwidth."""
+    validate.model(model)
+    validate.integer(prompt, "prompt", lo=1)
+    validate.integer(steps, "steps", lo=1)
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
     device, vocab = next(model.parameters()).device, model.config.vocab_size
