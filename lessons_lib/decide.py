@@ -103,6 +103,10 @@ def rejected_by(row: dict) -> str | None:
 
 def draw_flow(ax, rows: list[dict] | None = None) -> None:
     """Draw RULES as a flow chart on a matplotlib axis; with rows, list who leaves at each rule and who wins."""
+    if not all(hasattr(ax, a) for a in ("set", "text", "annotate", "axis")):
+        raise validate.BadInput(f"ax must be a matplotlib axis (fig, ax = plt.subplots()), got {type(ax).__name__}")
+    if rows is not None:
+        _rows(rows)
     n = len(RULES) + 1
     ax.set(xlim=(0, 10), ylim=(0, 2 * n), xticks=[], yticks=[])
     ax.axis("off")
