@@ -29,6 +29,11 @@ class Candidate:
         return FORMATS[self.fmt].storage
 
     @property
+    def compute(self) -> str:
+        """The dtype its matmuls run in on a GPU (int4_weight_only: bf16, W4A16), for the planner's compute floor."""
+        return FORMATS[self.fmt].computes_in[0]
+
+    @property
     def label(self) -> str:
         return f"{self.n_gpus}x {self.gpu} {self.fmt}"
 
@@ -67,7 +72,7 @@ def assess(shape: hw.ModelShape, c: Candidate, quality_cost: dict[str, float], u
     if isinstance(eff, bool) or not isinstance(eff, (int, float)) or not 0 < eff <= 1:
         raise validate.BadInput(f"kernel efficiency for {c.fmt} must be in (0, 1], got {eff!r}")
     p = hw.plan(shape, c.storage, c.gpu, n_gpus=c.n_gpus, batch=batch, context=context, kv_fmt=kv_fmt,
-                usd_per_gpu_hour=usd_per_gpu_hour[c.gpu])
+                usd_per_gpu_hour=usd_per_gpu_hour[c.gpu], compute=c.compute)
     step_ms = p.step_ms / eff
     tokens_per_s = batch / step_ms * 1e3
     return {"deployment": c.label, "fmt": c.fmt, "gpu": c.gpu, "n_gpus": c.n_gpus, "weights GB": p.weights_gb,
@@ -183,17 +188,39 @@ def kernel_efficiency(bench_results: dict) -> dict[str, float]:
                                 "bench.committed('nvidia-h200')")
     return {fmt: f["fraction_of_floor"] for fmt, f in floors.items() if f.get("fraction_of_floor")}
 
+
+# Published production kernels, as a fraction of the bf16 (cuBLAS) decode efficiency measured beside them:
+# format -> (ratio, kernel, what the source reports, source).
+PRODUCTION_KERNELS = {
+    "int4_weight_only": (0.95, "Marlin (vLLM's W4A16 GEMM; Machete on Hopper)",
+                         "within 5% of the ideal speed-up over FP16 (3.87x) up to batch 32 on an A10",
+                         "Frantar et al. 2024, MARLIN, arXiv:2408.11743, Fig. 1; github.com/IST-DASLab/marlin"),
+    "fp8_w8a8": (0.8, "CUTLASS FP8 W8A8 (vLLM)", "up to 1.6x throughput for 2x fewer weight bytes",
+                 "docs.vllm.ai/en/stable/features/quantization/fp8/ (FP8 W8A8)"),
+}
+
+
+def production_efficiency(measured: dict[str, float]) -> dict[str, float]:
+    """kernel_efficiency with each PRODUCTION_KERNELS format at its published share of bf16's measured efficiency
+    (formats without a published figure keep torch's measured value)."""
+    if not isinstance(measured, dict) or "bf16" not in measured:
+        raise validate.BadInput("measured must be decide.kernel_efficiency(...) of a benchmark that measured bf16")
+    return {**measured, **{f: min(1.0, ratio * measured["bf16"]) for f, (ratio, *_) in PRODUCTION_KERNELS.items()}}
+
 # The 70B deployments lesson 09 compares (lesson 00's scenario, 16-bit weights on two A100s, first).
 CANDIDATES_70B = (Candidate("bf16", "A100 80GB", 2), Candidate("int8_w8a8", "A100 80GB", 1), Candidate("nf4", "A100 80GB", 1),
                   Candidate("int4_weight_only", "A100 80GB", 1), Candidate("bf16", "H100 SXM", 2), Candidate("fp8_w8a8", "H100 SXM", 1),
                   Candidate("int4_weight_only", "H100 SXM", 1), Candidate("fp8_w8a8", "H200", 1), Candidate("bf16", "H200", 2))
 
 
-def course_choice(**requirements) -> str:
-    """The deployment the rules pick from CANDIDATES_70B with the committed course results (exercise checker)."""
+def course_choice(kernels: str = "reference", **requirements) -> str:
+    """The deployment the rules pick from CANDIDATES_70B with the committed course results (exercise checker);
+    kernels="production" uses production_efficiency instead of torch's reference kernels' measured efficiency."""
     from . import bench, results
 
+    validate.choice(kernels, "kernels", ("reference", "production"))
     recorded = {lesson: results.committed(lesson) for lesson in ("03", "04", "05", "06", "07")}
     quality, eff = quality_costs(recorded), kernel_efficiency(bench.committed("nvidia-h200"))
+    eff = production_efficiency(eff) if kernels == "production" else eff
     best = choose([assess(hw.LLAMA3_70B, c, quality, PRICES, eff, **requirements) for c in CANDIDATES_70B])
     return best["deployment"] if best else "none"

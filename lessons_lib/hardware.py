@@ -13,9 +13,13 @@ GPU_TABLE = resource("gpus.csv")  # datasheet rows, each with its source
 HOURS_PER_MONTH = 730.0  # 365 * 24 / 12
 # Bytes per weight of each storage format, before scales; 4-bit formats pack two weights per byte.
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "nf4": 0.5, "fp4": 0.5}
-# Which tensor-core rate column a format's matmul uses (4-bit weight-only kernels compute in fp16).
+# Which tensor-core rate column a matmul in each format uses: "int4" is INT4 x INT4 (W4A4), nf4 computes in fp16.
 RATE_COLUMN = {"fp32": "fp32_tflops", "fp16": "fp16_tflops", "bf16": "bf16_tflops", "fp8": "fp8_tflops",
                "int8": "int8_tops", "int4": "int4_tops", "fp4": "fp4_tflops", "nf4": "fp16_tflops"}
+# The matmul a stored format runs by default. Weight-only 4-bit (W4A16: GPTQ, AWQ, NF4 checkpoints) unpacks its
+# weights to the activation dtype and multiplies on FP16/BF16 tensor cores: INT4 TOPS apply to W4A4 only
+# (plan(..., compute="int4")). int8 and fp8 default to W8A8 (both operands 8-bit).
+COMPUTES_IN = {"int4": "fp16", "nf4": "fp16"}
 
 
 # Formats whose matmuls need their own tensor cores: planning them on a GPU without those is refused.
@@ -180,7 +184,7 @@ def decode_step_floor_s(gpu_: GPU, n_gpus: int, weight_bytes_: float, kv_bytes_r
 
 
 def compute_floor_s(gpu_: GPU, n_gpus: int, parameters: float, tokens: int, fmt: str) -> float:
-    """Least time for the matmuls of `tokens` tokens (2 FLOPs per weight per token) at dense peak."""
+    """Least time for the matmuls of `tokens` tokens (2 FLOPs per weight per token) at the dense peak of matmul `fmt`."""
     _check_gpu(gpu_)
     _check_count(n_gpus=n_gpus, tokens=tokens)
     _check_positive(parameters=parameters)
@@ -206,6 +210,38 @@ def ridge_intensity(gpu_: GPU, fmt: str) -> float:
     """bench.ridge_intensity from this GPU's datasheet: the FLOP/byte above which `fmt` matmuls are compute-bound."""
     _check_gpu(gpu_)
     return bench.ridge_intensity(gpu_.peak_flops(fmt), gpu_.bandwidth_gbs * 1e9)
+
+
+def valid_tensor_parallel(shape: "ModelShape", n: int) -> bool:
+    """Whether vLLM accepts n as this model's tensor-parallel size: n divides the query heads, and the KV heads
+    split evenly over n (n divides them) or are replicated (n is a multiple of them).
+
+    The rule of vLLM's ModelConfig.verify_with_parallel_config ("Total number of attention heads must be divisible
+    by tensor parallel size") and of its attention layers (vllm/model_executor/models/llama.py: KV heads >= tp:
+    kv_heads % tp == 0, else tp % kv_heads == 0)."""
+    _check_count(n=n)
+    return shape.q_heads % n == 0 and (shape.kv_heads % n == 0 or n % shape.kv_heads == 0)
+
+
+def tensor_parallel_sizes(shape: "ModelShape") -> list[int]:
+    """Every tensor-parallel size vLLM accepts for this model (valid_tensor_parallel), smallest first."""
+    return [n for n in range(1, shape.q_heads + 1) if valid_tensor_parallel(shape, n)]
+
+
+def parallel_layout(shape: "ModelShape", n_gpus: int) -> tuple[int, int]:
+    """(tensor-parallel size, pipeline stages) for n_gpus: the largest valid TP size that divides n_gpus, the
+    rest as pipeline stages (3 GPUs for a 64-head model: TP 1 x PP 3)."""
+    _check_count(n_gpus=n_gpus)
+    tp = max(t for t in tensor_parallel_sizes(shape) if n_gpus % t == 0)
+    return tp, n_gpus // tp
+
+
+def gpus_for_tensor_parallel(shape: "ModelShape", needed: int) -> int:
+    """The smallest valid tensor-parallel size >= needed GPUs (3 -> 4 for 64 query / 8 KV heads); beyond the
+    largest, whole multiples of it (tensor parallel inside, pipeline stages across)."""
+    _check_count(needed=needed)
+    sizes = tensor_parallel_sizes(shape)
+    return next((t for t in sizes if t >= needed), math.ceil(needed / sizes[-1]) * sizes[-1])
 
 
 def gpus_needed(total_bytes: float, gpu_: GPU, usable_fraction: float = 0.9) -> int:
@@ -260,15 +296,26 @@ class Plan:
     tokens_per_s: float
     usd_per_month: float
     usd_per_million_tokens: float
+    tensor_parallel: int = 1  # GPUs that split every layer (a size vLLM accepts: valid_tensor_parallel)
+    pipeline_parallel: int = 1  # stages of whole layers, run one after another for each token
+
+    @property
+    def parallelism(self) -> str:
+        """How the GPUs are used: "TP 4", or "TP 1 x PP 3" where n_gpus is no valid tensor-parallel size."""
+        return f"TP {self.tensor_parallel}" + (f" x PP {self.pipeline_parallel}" if self.pipeline_parallel > 1 else "")
 
 
 def plan(shape: ModelShape, fmt: str, gpu_name: str, n_gpus: int | None = None, batch: int = 1,
          context: int = 4096, kv_fmt: str = "fp16", usd_per_gpu_hour: float = 2.0,
-         usable_fraction: float = 0.9, group_size: int | None = None) -> Plan:
+         usable_fraction: float = 0.9, group_size: int | None = None, compute: str | None = None) -> Plan:
     """Best case for one deployment: memory, fit, decode-step floor (bandwidth or compute), tokens/s, cost.
 
     n_gpus=None picks the fewest GPUs that hold weights plus the KV cache of `batch` sequences of `context`
-    tokens. The floor assumes perfect tensor parallelism and full datasheet bandwidth: real kernels reach less.
+    tokens, rounded up to a tensor-parallel size the model's heads allow (gpus_for_tensor_parallel). A given
+    n_gpus that is no valid size runs as tensor parallel x pipeline stages (parallel_layout): stages run one
+    after another for each token, so only the tensor-parallel GPUs' bandwidth shortens a step. `compute` is the
+    matmul's dtype (default COMPUTES_IN: W4A16 on fp16 tensor cores; "int4" for W4A4). The floor assumes perfect
+    tensor parallelism and full datasheet bandwidth: real kernels reach less.
     """
     if not isinstance(shape, ModelShape):
         raise validate.BadInput(f"shape must be a hardware.ModelShape (e.g. hardware.LLAMA3_70B or shape_of(model)), "
@@ -280,15 +327,21 @@ def plan(shape: ModelShape, fmt: str, gpu_name: str, n_gpus: int | None = None, 
         _check_count(n_gpus=n_gpus)
     _check_positive(usd_per_gpu_hour=usd_per_gpu_hour)
     _check_fraction(usable_fraction)
+    explicit = compute is not None
+    compute = _check_format(compute) if explicit else COMPUTES_IN.get(fmt, fmt)
     g = gpu(gpu_name)
     check_runs_on(g, fmt)
+    check_runs_on(g, compute)
     w = weight_bytes(shape.parameters, fmt, group_size)
     kv = batch * context * shape.kv_bytes_per_token(kv_fmt)
-    n = n_gpus if n_gpus is not None else gpus_needed(w + kv, g, usable_fraction)
-    mem_s = decode_step_floor_s(g, n, w, kv)
+    n = n_gpus if n_gpus is not None else gpus_for_tensor_parallel(shape, gpus_needed(w + kv, g, usable_fraction))
+    tp, pp = parallel_layout(shape, n)
+    mem_s = decode_step_floor_s(g, tp, w, kv)
     try:
-        cmp_s = compute_floor_s(g, n, shape.parameters, batch, fmt)
+        cmp_s = compute_floor_s(g, tp, shape.parameters, batch, compute)
     except ValueError:  # no tensor-core rate listed for this format: the bandwidth floor is all we can say
+        if explicit:  # but a matmul dtype asked for by name must exist on this GPU (W4A4 on a Hopper: no)
+            raise
         cmp_s = 0.0
     step = max(mem_s, cmp_s)
     tps = batch / step
@@ -296,17 +349,17 @@ def plan(shape: ModelShape, fmt: str, gpu_name: str, n_gpus: int | None = None, 
                 w + kv <= n * g.memory_gb * 1e9 * usable_fraction,
                 kv_tokens_that_fit(g, n, w, shape.kv_bytes_per_token(kv_fmt), usable_fraction),
                 step * 1e3, "memory" if mem_s >= cmp_s else "compute", tps,
-                cost_per_month(n, usd_per_gpu_hour), cost_per_million_tokens(n, usd_per_gpu_hour, tps))
+                cost_per_month(n, usd_per_gpu_hour), cost_per_million_tokens(n, usd_per_gpu_hour, tps), tp, pp)
 
 
 def max_batch(shape: ModelShape, fmt: str, gpu_name: str, n_gpus: int, context: int = 4096,
-              latency_ms: float = 50.0, kv_fmt: str = "fp16", limit: int = 4096) -> int:
+              latency_ms: float = 50.0, kv_fmt: str = "fp16", limit: int = 4096, compute: str | None = None) -> int:
     """Largest batch whose KV cache fits and whose decode-step floor stays within latency_ms (0 if none)."""
     _check_positive(latency_ms=latency_ms)
     _check_count(n_gpus=n_gpus, context=context, limit=limit)
     best = 0
     for batch in range(1, limit + 1):
-        p = plan(shape, fmt, gpu_name, n_gpus=n_gpus, batch=batch, context=context, kv_fmt=kv_fmt)
+        p = plan(shape, fmt, gpu_name, n_gpus=n_gpus, batch=batch, context=context, kv_fmt=kv_fmt, compute=compute)
         if not p.fits or p.step_ms > latency_ms:
             break
         best = batch

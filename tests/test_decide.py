@@ -79,3 +79,26 @@ def test_quality_costs_by_kl_or_by_the_interval():
     by_kl, upper = decide.quality_costs(full, "kl"), decide.quality_costs(full, "ppl_upper")
     assert by_kl["nf4"] == pytest.approx(0.1 * by_ppl["nf4"]) and upper["nf4"] == pytest.approx(2 * by_ppl["nf4"])
     assert by_kl["bf16"] == upper["bf16"] == 0.0
+
+
+def test_candidates_plan_their_compute_dtype():
+    """int4_weight_only is W4A16: its compute floor is bf16's, not INT4 TOPS."""
+    c = decide.Candidate("int4_weight_only", "A100 80GB", 1)
+    assert c.storage == "int4" and c.compute == "bf16"
+    r = decide.assess(hw.LLAMA3_70B, c, QUALITY, PRICES, batch=64)
+    p = hw.plan(hw.LLAMA3_70B, "int4", "A100 80GB", n_gpus=1, batch=64, compute="bf16")
+    assert r["floor ms"] == pytest.approx(p.step_ms)
+
+
+def test_production_efficiency_scales_bf16_by_published_ratios():
+    from lessons_lib import bench
+
+    measured = decide.kernel_efficiency(bench.committed("nvidia-h200"))
+    prod = decide.production_efficiency(measured)
+    for fmt, (ratio, kernel, claim, source) in decide.PRODUCTION_KERNELS.items():
+        assert prod[fmt] == pytest.approx(ratio * measured["bf16"]) and prod[fmt] > measured[fmt], fmt
+        assert kernel and claim and ("arxiv" in source.lower() or "docs." in source)
+    assert prod["bf16"] == measured["bf16"] and prod["nf4"] == measured["nf4"]
+    assert decide.course_choice("production") in {c.label for c in decide.CANDIDATES_70B}
+    with pytest.raises(ValueError, match="bf16"):
+        decide.production_efficiency({"fp8_w8a8": 0.3})

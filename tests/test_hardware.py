@@ -64,7 +64,7 @@ def test_gpu_table_rows_are_sourced_and_sane():
 
 
 def test_corrected_support_facts():
-    """The seed's support matrix, corrected (see COURSE_PLAN): each fact from the datasheets in resources/gpus.csv."""
+    """Common support-matrix claims, corrected: each fact from the datasheets in resources/gpus.csv."""
     assert hw.gpu("H100 SXM").rates["int4_tops"] is None and "int4" not in hw.gpu("H100 SXM").tensor_formats
     assert hw.gpu("A100 80GB").rates["int4_tops"] == 1248
     for ada in ["L4", "L40S", "RTX 4090"]:
@@ -87,3 +87,39 @@ def test_clear_errors():
         hw.gpu("H100 SXM").peak_flops("int4")
     with pytest.raises(ValueError, match="group_size must be a positive integer"):
         hw.format_bits_per_weight("int4", 0)
+
+
+def test_tensor_parallel_sizes_follow_the_heads():
+    """vLLM's rule: TP divides the query heads; KV heads split evenly or are replicated (tp a multiple of them)."""
+    assert hw.tensor_parallel_sizes(hw.LLAMA3_70B) == [1, 2, 4, 8, 16, 32, 64]  # 64 query, 8 KV heads
+    assert hw.tensor_parallel_sizes(hw.SMOLLM2_135M) == [1, 3, 9]  # 9 query, 3 KV heads
+    assert not any(hw.valid_tensor_parallel(hw.LLAMA3_70B, n) for n in (3, 5, 6, 7, 10))
+    assert [hw.gpus_for_tensor_parallel(hw.LLAMA3_70B, n) for n in (3, 5, 7, 10)] == [4, 8, 8, 16]
+    assert hw.parallel_layout(hw.LLAMA3_70B, 6) == (2, 3) and hw.parallel_layout(hw.LLAMA3_70B, 3) == (1, 3)
+
+
+def test_plan_rounds_to_a_tensor_parallel_size_or_says_pipeline():
+    for name in hw.gpu_names():
+        for fmt in ("bf16", "int8", "int4"):
+            p = hw.plan(hw.LLAMA3_70B, fmt, name)
+            assert hw.valid_tensor_parallel(hw.LLAMA3_70B, p.n_gpus) and p.pipeline_parallel == 1, (name, fmt)
+            assert p.fits and p.tensor_parallel == p.n_gpus
+    t4 = hw.plan(hw.LLAMA3_70B, "bf16", "T4")  # 10 T4s would hold it; 16 is the next size the heads allow
+    assert hw.gpus_needed(t4.weights_gb * 1e9 + t4.kv_gb * 1e9, hw.gpu("T4")) == 10 and t4.n_gpus == 16
+    three = hw.plan(hw.LLAMA3_70B, "bf16", "A100 80GB", n_gpus=3)  # no TP size: one GPU per stage, in turn
+    assert three.parallelism == "TP 1 x PP 3"
+    one = hw.decode_step_floor_s(hw.gpu("A100 80GB"), 1, three.weights_gb * 1e9, three.kv_gb * 1e9) * 1e3
+    assert math.isclose(three.step_ms, one) and three.usd_per_month == hw.cost_per_month(3, 2.0)
+
+
+def test_weight_only_int4_computes_on_fp16_tensor_cores():
+    """W4A16 unpacks its weights to the activation dtype: the compute floor uses FP16 rates, INT4 TOPS only W4A4."""
+    kw = dict(n_gpus=1, batch=2048, context=16)
+    w4a16 = hw.plan(hw.LLAMA3_8B, "int4", "A100 80GB", **kw)
+    w4a4 = hw.plan(hw.LLAMA3_8B, "int4", "A100 80GB", compute="int4", **kw)
+    fp16 = hw.plan(hw.LLAMA3_8B, "fp16", "A100 80GB", **kw)
+    assert w4a16.bound == w4a4.bound == fp16.bound == "compute"
+    assert math.isclose(w4a16.step_ms, fp16.step_ms) and math.isclose(w4a16.step_ms / w4a4.step_ms, 1248 / 312)
+    with pytest.raises(ValueError, match="no INT4|lists no int4_tops"):  # Hopper has no INT4 tensor cores
+        hw.plan(hw.LLAMA3_8B, "int4", "H100 SXM", compute="int4", **kw)
+    assert hw.plan(hw.LLAMA3_8B, "int4", "H100 SXM", **kw).bound == "compute"  # W4A16 runs on H100's FP16 rate
