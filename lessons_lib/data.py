@@ -70,11 +70,27 @@ def split_documents(name: str = "test") -> list[Document]:
     return docs
 
 
+def bos_id(tokenizer) -> int | None:
+    """The BOS id when the model expects one at the start of every sequence (its tokenizer puts it there), else None."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None or not callable(tokenizer):
+        return None
+    ids = tokenizer("a").input_ids
+    return bos if len(ids) and ids[0] == bos else None
+
+
 def _doc_windows(tokenizer, text: str, length: int) -> torch.Tensor:
-    """One document cut into consecutive, non-overlapping windows of `length` token ids (the rest is dropped)."""
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
-    n = ids.numel() // length
-    return ids[:n * length].reshape(n, length)
+    """One document cut into consecutive, non-overlapping windows of `length` token ids (the rest is dropped); a model
+    that expects BOS gets it at the start of every window (once), followed by length - 1 tokens of text."""
+    bos = bos_id(tokenizer)
+    if bos is None:  # e.g. SmolLM2: the text's own token ids, as the course always cut them
+        ids = tokenizer(text, return_tensors="pt").input_ids[0]
+        n = ids.numel() // length
+        return ids[:n * length].reshape(n, length)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    n = ids.numel() // (length - 1)
+    body = ids[:n * (length - 1)].reshape(n, length - 1)
+    return torch.cat([torch.full((n, 1), bos, dtype=body.dtype), body], dim=1)
 
 
 def _rotation(docs: list[Document], per_doc: list[int], n: int) -> list[tuple[int, int]]:

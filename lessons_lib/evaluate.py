@@ -56,7 +56,8 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool
 
 @torch.no_grad()
 def bits_per_byte(model, tokenizer, docs: list[str]) -> float:
-    """Bits per UTF-8 byte over whole documents, each scored after a BOS token (as lm-eval's rolling loglikelihood)."""
+    """Bits per UTF-8 byte over whole documents, each scored after one BOS token (as lm-eval's rolling loglikelihood;
+    the tokenizer's own BOS, if it adds one, is not added a second time)."""
     docs = _docs(docs)
     if not callable(tokenizer) or not hasattr(tokenizer, "eos_token_id"):
         raise validate.BadInput(f"tokenizer must be a transformers tokenizer (models.load_model returns it second), "
@@ -65,7 +66,7 @@ def bits_per_byte(model, tokenizer, docs: list[str]) -> float:
     device = _model_device(model)
     nll, n_bytes = 0.0, 0
     for doc in docs:
-        ids = torch.tensor([[prefix] + tokenizer(doc).input_ids], device=device)
+        ids = torch.tensor([[prefix] + tokenizer(doc, add_special_tokens=False).input_ids], device=device)
         if ids.shape[1] > model.config.max_position_embeddings:
             raise ValueError("a document is longer than the model's context: use shorter documents")
         logprobs = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)

