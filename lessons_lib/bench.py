@@ -87,6 +87,7 @@ def samples(fn: Callable[[int], object], warmup: int = 3, repeats: int = 20, inn
 def time_call(fn: Callable[[], object], warmup: int = 3, repeats: int = 20,
               device: str | torch.device | None = None) -> tuple[float, float]:
     """Median and interquartile range, in seconds, of fn() over `repeats` runs after `warmup` runs."""
+    _timer_args(fn, warmup, repeats, 1)
     return summarize(samples(lambda i: fn(), warmup, repeats, 1, device))
 
 
@@ -95,6 +96,7 @@ def time_rotating(fn: Callable, args_list: Sequence[tuple], warmup: int = 3, rep
     """Median and IQR (seconds) of fn(*args), cycling through args_list so no run finds its data in cache."""
     if isinstance(args_list, (str, bytes)) or not hasattr(args_list, "__len__") or not args_list:
         raise validate.BadInput("args_list needs at least one argument tuple")
+    _timer_args(fn, warmup, repeats, inner)
     n = len(args_list)
     return summarize(samples(lambda i: fn(*args_list[i % n]), warmup, repeats, inner, device))
 

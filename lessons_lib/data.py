@@ -105,11 +105,27 @@ def _rotation(docs: list[Document], per_doc: list[int], n: int) -> list[tuple[in
     return order
 
 
+def _counts(n_windows, length, skip) -> None:
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (n_windows, length, skip)) \
+            or n_windows < 1 or length < 2 or skip < 0:
+        raise validate.BadInput(f"need whole numbers n_windows >= 1, length >= 2 and skip >= 0, got {n_windows!r}, "
+                                f"{length!r} and {skip!r}")
+
+
+def _tokenizer(tokenizer):
+    """A transformers tokenizer (what models.load_model returns second)."""
+    if not callable(tokenizer) or isinstance(tokenizer, type) or not hasattr(tokenizer, "eos_token_id"):
+        hint = ("load_model returns (model, tokenizer): pass the second" if isinstance(tokenizer, (tuple, torch.nn.Module))
+                else "load one with models.load_model()")
+        raise validate.BadInput(f"tokenizer must be a transformers tokenizer, got a {type(tokenizer).__name__}: {hint}")
+    return tokenizer
+
+
 def token_windows(tokenizer, name: str = "test", n_windows: int = 8, length: int = 512, skip: int = 0) -> torch.Tensor:
     """n_windows non-overlapping windows of `length` tokens, drawn in turn from the split's documents (each cut from
     its start), after the first `skip` windows of that same sequence; so skip=k never repeats a window of the first k."""
-    if n_windows < 1 or length < 2 or skip < 0:
-        raise ValueError(f"need n_windows >= 1, length >= 2 and skip >= 0, got {n_windows}, {length} and {skip}")
+    _counts(n_windows, length, skip)
+    _tokenizer(tokenizer)
     docs = split_documents(name)
     cut = [_doc_windows(tokenizer, d.text, length) for d in docs]
     order = _rotation(docs, [c.shape[0] for c in cut], skip + n_windows)
@@ -123,6 +139,8 @@ def token_windows(tokenizer, name: str = "test", n_windows: int = 8, length: int
 
 def window_sources(tokenizer, name: str = "test", n_windows: int = 8, length: int = 512, skip: int = 0) -> list[str]:
     """The document id each window of token_windows(tokenizer, name, n_windows, length, skip) comes from."""
+    _counts(n_windows, length, skip)
+    _tokenizer(tokenizer)
     docs = split_documents(name)
     per_doc = [_doc_windows(tokenizer, d.text, length).shape[0] for d in docs]
     return [docs[i].id for i, _ in _rotation(docs, per_doc, skip + n_windows)[skip:]]
@@ -130,6 +148,8 @@ def window_sources(tokenizer, name: str = "test", n_windows: int = 8, length: in
 
 def mixed_windows(tokenizer, names: list[str], n_windows: int = 16, length: int = 256) -> torch.Tensor:
     """Calibration drawn equally from several text sets: window i comes from names[i % len(names)]."""
+    names = validate.texts(names, "names", "pass text set names, e.g. ['calib', 'python_calib']")
+    validate.integer(n_windows, "n_windows", lo=1)
     parts = [token_windows(tokenizer, n, -(-n_windows // len(names)), length) for n in names]
     return torch.stack([parts[i % len(names)][i // len(names)] for i in range(n_windows)])
 
@@ -139,8 +159,10 @@ MIN_CALIB_TOKENS = 256
 
 def check_windows(windows: torch.Tensor, min_tokens: int = MIN_CALIB_TOKENS) -> torch.Tensor:
     """Refuse calibration data that is not a [n_windows, length] tensor of token ids with at least min_tokens tokens."""
-    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.is_floating_point():
-        raise ValueError("calibration data must be a [n_windows, length] tensor of token ids (data.token_windows)")
+    min_tokens = validate.integer(min_tokens, "min_tokens", lo=1)
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.is_floating_point() \
+            or windows.is_complex() or windows.dtype == torch.bool or bool((windows < 0).any()):
+        raise validate.BadInput("calibration data must be a [n_windows, length] tensor of token ids (data.token_windows)")
     if windows.numel() < min_tokens:
         raise ValueError(f"calibration data has {windows.numel()} tokens, too few to estimate activation statistics: "
                          f"use at least {min_tokens}, e.g. data.token_windows(tokenizer, 'calib', 16, 256)")
@@ -149,6 +171,8 @@ def check_windows(windows: torch.Tensor, min_tokens: int = MIN_CALIB_TOKENS) -> 
 
 def documents(name: str = "eval", n_docs: int = 4, min_chars: int = 2000) -> list[str]:
     """Split a text set at paragraph breaks into n_docs documents of at least min_chars characters."""
+    validate.integer(n_docs, "n_docs", lo=1)
+    validate.integer(min_chars, "min_chars", lo=1)
     docs, current = [], ""
     for paragraph in load_text(name).split("\n\n"):
         current = f"{current}\n\n{paragraph}" if current else paragraph

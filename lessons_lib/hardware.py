@@ -54,6 +54,13 @@ def _check_fraction(usable_fraction: float) -> None:
                     todo="the share of GPU memory the server may use, e.g. 0.9")
 
 
+def _check_shape(shape) -> "ModelShape":
+    if not isinstance(shape, ModelShape):
+        raise validate.BadInput(f"shape must be a hardware.ModelShape (e.g. hardware.LLAMA3_70B or shape_of(model)), "
+                                f"got {shape!r}")
+    return shape
+
+
 def check_runs_on(gpu_: "GPU", fmt: str) -> None:
     """Refuse a format whose matmuls need tensor cores this GPU does not have (FP8 before compute capability 8.9)."""
     if fmt in NEEDS_TENSOR_CORES and fmt not in _check_gpu(gpu_).tensor_formats:
@@ -219,12 +226,14 @@ def valid_tensor_parallel(shape: "ModelShape", n: int) -> bool:
     The rule of vLLM's ModelConfig.verify_with_parallel_config ("Total number of attention heads must be divisible
     by tensor parallel size") and of its attention layers (vllm/model_executor/models/llama.py: KV heads >= tp:
     kv_heads % tp == 0, else tp % kv_heads == 0)."""
+    _check_shape(shape)
     _check_count(n=n)
     return shape.q_heads % n == 0 and (shape.kv_heads % n == 0 or n % shape.kv_heads == 0)
 
 
 def tensor_parallel_sizes(shape: "ModelShape") -> list[int]:
     """Every tensor-parallel size vLLM accepts for this model (valid_tensor_parallel), smallest first."""
+    _check_shape(shape)
     return [n for n in range(1, shape.q_heads + 1) if valid_tensor_parallel(shape, n)]
 
 

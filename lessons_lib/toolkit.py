@@ -99,7 +99,8 @@ def reload(out_dir: str | Path, device: str = "cpu"):
     """Load a saved compressed-tensors checkpoint with plain transformers (weights decompressed to float)."""
     from transformers import AutoModelForCausalLM
 
-    out_dir, device = _saved_folder(out_dir), validate.device(device)
+    device = validate.device(device)
+    out_dir = _saved_folder(out_dir)
 
     with _quiet_progress(), torch.no_grad():
         model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32).to(device).eval()
@@ -116,7 +117,8 @@ def load_on_kernels(out_dir: str | Path, device: str = "cpu"):
 
     from . import kernels
 
-    out_dir, device = _saved_folder(out_dir), validate.device(device)
+    device = validate.device(device)
+    out_dir = _saved_folder(out_dir)
     model = reload(out_dir, device)  # embeddings, norms and the layers left in float come from here
     scheme, group_size = _kernel_scheme(model.config)
     tensors = {}

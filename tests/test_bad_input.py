@@ -1,0 +1,307 @@
+"""Every public function of lessons_lib refuses bad input with a message that says what was wrong and what to do,
+before any deep torch or transformers error: one table of cases per module, and a sweep over every function."""
+import importlib
+import inspect
+import math
+
+import pytest
+import torch
+
+from lessons_lib import (activations, awq, bench, codebooks, data, decide, evaluate, formats, fp8, gptq, hardware,
+                         models, quantize, results, smoothquant, throughput, toolkit, validate)
+
+NAN = float("nan")
+CPU_ONLY = not torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A two-layer LLaMA with random weights (fast; shapes like the course model, scaled down)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+class FakeTokenizer:
+    eos_token_id, bos_token_id = 0, None
+
+    def __call__(self, text, return_tensors=None):
+        ids = torch.arange(len(text.split())) % 60 + 1
+        return type("Enc", (), {"input_ids": ids[None] if return_tensors else ids.tolist()})()
+
+
+W = torch.randn(8, 64)
+WINDOWS = torch.randint(0, 64, (2, 16))
+BAD_TENSORS = {"a list": [[1.0, 2.0]], "NaN": torch.tensor([[1.0, NAN]]), "Inf": torch.tensor([[math.inf, 1.0]]),
+               "integers": torch.ones(2, 2, dtype=torch.int64), "empty": torch.empty(0, 4)}
+
+# (id, call, expected exception types, a phrase the message must hold)
+CASES = [
+    # validate: the shared wording
+    ("validate.number bool", lambda: validate.number(True, "x"), validate.BadInput, "got True"),
+    ("validate.number NaN", lambda: validate.number(NAN, "x"), validate.BadInput, "finite"),
+    ("validate.integer fraction", lambda: validate.integer(1.5, "n"), validate.BadInput, "whole number"),
+    ("validate.choice unknown", lambda: validate.choice("fp9", "format", ["fp8"]), KeyError, "choose one of"),
+    ("validate.device tpu", lambda: validate.device("tpu"), validate.BadInput, "'cpu' or 'cuda'"),
+    # models
+    ("models.load_model empty id", lambda: models.load_model(""), validate.BadInput, "model_id"),
+    ("models.load_model int dtype", lambda: models.load_model(None, dtype=torch.int8), validate.BadInput, "dtype"),
+    ("models.load_model str dtype", lambda: models.load_model(None, dtype="float32"), validate.BadInput, "torch.dtype"),
+    ("models.resolve_device garbage", lambda: models.resolve_device("gpu0"), validate.BadInput, "'cpu' or 'cuda'"),
+    ("models.identity number", lambda: models.identity(3), validate.BadInput, "non-empty string"),
+    ("models.q4_1 1-D", lambda: models.q4_1_grid_fraction(torch.randn(64)), validate.BadInput, "2-D"),
+    ("models.q4_1 ints", lambda: models.q4_1_grid_fraction(torch.ones(2, 64, dtype=torch.int32)), validate.BadInput,
+     "floating-point"),
+    ("models.q4_1 block 0", lambda: models.q4_1_grid_fraction(W, 0), validate.BadInput, "block"),
+    ("models.describe tuple", lambda: models.describe((1, 2)), validate.BadInput, "unpack"),
+    ("models.storage_bytes str", lambda: models.storage_bytes("model"), validate.BadInput, "torch.nn.Module"),
+    ("models.checkpoint_problem int", lambda: models.checkpoint_problem(3), validate.BadInput, "path"),
+    # results
+    ("results.path lesson 4", lambda: results.path(4), validate.BadInput, "two-digit"),
+    ("results.record NaN", lambda: results.record("98", {"model": "m"}, ppl=NAN), validate.BadInput, "NaN"),
+    ("results.committed unknown", lambda: results.committed("99"), LookupError, "99.json"),
+    ("results.check_consistent list", lambda: results.check_consistent([1]), validate.BadInput, "dict"),
+    # evaluate
+    ("evaluate.perplexity list", lambda: evaluate.perplexity(torch.nn.Linear(2, 2), [[1, 2, 3]]), validate.BadInput,
+     "2-D LongTensor"),
+    ("evaluate.perplexity empty", lambda: evaluate.perplexity(torch.nn.Linear(2, 2), torch.empty(0, 8, dtype=torch.long)),
+     validate.BadInput, "2-D LongTensor"),
+    ("evaluate.perplexity 1-D", lambda: evaluate.perplexity(torch.nn.Linear(2, 2), torch.arange(8)), validate.BadInput,
+     "2-D"),
+    ("evaluate.perplexity float ids", lambda: evaluate.perplexity(torch.nn.Linear(2, 2), torch.rand(2, 8)),
+     validate.BadInput, "token ids"),
+    ("evaluate.perplexity negative ids", lambda: evaluate.perplexity(torch.nn.Linear(2, 2), -torch.ones(2, 8).long()),
+     validate.BadInput, "negative"),
+    ("evaluate.perplexity batch 0", lambda: evaluate.perplexity(torch.nn.Linear(2, 2), WINDOWS, batch_size=0),
+     validate.BadInput, "batch_size"),
+    ("evaluate.perplexity batch 1.5", lambda: evaluate.perplexity(torch.nn.Linear(2, 2), WINDOWS, batch_size=1.5),
+     validate.BadInput, "batch_size"),
+    ("evaluate.perplexity progress str", lambda: evaluate.perplexity(torch.nn.Linear(2, 2), WINDOWS, progress="no"),
+     validate.BadInput, "True or False"),
+    ("evaluate.perplexity tuple model", lambda: evaluate.perplexity((None, None), WINDOWS), validate.BadInput, "unpack"),
+    ("evaluate.bits_per_byte a string", lambda: evaluate.bits_per_byte(torch.nn.Linear(2, 2), FakeTokenizer(), "text"),
+     validate.BadInput, "list"),
+    ("evaluate.bits_per_byte empty doc", lambda: evaluate.bits_per_byte(torch.nn.Linear(2, 2), FakeTokenizer(), [""]),
+     validate.BadInput, "non-empty"),
+    ("evaluate.lm_eval_text no folder", lambda: evaluate.lm_eval_text("/nonexistent-qht", ["a doc"]), validate.BadInput,
+     "config.json"),
+    # data
+    ("data.load_text unknown", lambda: data.load_text("wikipedia"), KeyError, "unknown text set"),
+    ("data.load_text number", lambda: data.load_text(3), ValueError, "text set"),
+    ("data.token_windows fraction", lambda: data.token_windows(FakeTokenizer(), "calib", 1.5, 16), ValueError, "1.5"),
+    ("data.token_windows bool", lambda: data.token_windows(FakeTokenizer(), "calib", True, 16), ValueError, "True"),
+    ("data.token_windows no tokenizer", lambda: data.token_windows(object(), "calib", 1, 16), ValueError, "tokenizer"),
+    ("data.check_windows floats", lambda: data.check_windows(torch.rand(16, 32)), ValueError, "token ids"),
+    ("data.check_windows bools", lambda: data.check_windows(torch.ones(16, 32, dtype=torch.bool)), ValueError, "token ids"),
+    ("data.check_windows few", lambda: data.check_windows(torch.ones(1, 3, dtype=torch.long)), ValueError, "too few"),
+    ("data.documents zero", lambda: data.documents("calib", 0), ValueError, "n_docs"),
+    # quantize
+    ("quantize.rtn_bits_per_weight 0 bits", lambda: quantize.rtn_bits_per_weight(0, "tensor", (4, 4)), ValueError, "bits"),
+    ("quantize.rtn_bits_per_weight bad shape", lambda: quantize.rtn_bits_per_weight(4, "tensor", (4,)), ValueError,
+     "shape"),
+    ("quantize.storage_bits 0", lambda: quantize.storage_bits(0), ValueError, "code_bits"),
+    ("quantize.quantize_rtn bool bits", lambda: quantize.quantize_rtn(W, True), ValueError, "bits"),
+    ("quantize.quantize_rtn float bits", lambda: quantize.quantize_rtn(W, 4.0), ValueError, "bits"),
+    ("quantize.quantize_rtn clip NaN", lambda: quantize.quantize_rtn(W, 8, clip=NAN), ValueError, "clip"),
+    ("quantize.quantize_rtn clip 0", lambda: quantize.quantize_rtn(W, 8, clip=0), ValueError, "clip"),
+    ("quantize.quantize_rtn group 1.5", lambda: quantize.quantize_rtn(W, 4, "group", 1.5), ValueError, "group_size"),
+    ("quantize.quantize_rtn group 3d", lambda: quantize.quantize_rtn(torch.randn(2, 2, 8), 4, "group", 4), ValueError, "2-D"),
+    ("quantize.error_stats shapes", lambda: quantize.error_stats(W, W[:2]), ValueError, "same shape"),
+    ("quantize.fake_quant symmetric str", lambda: quantize.fake_quant(W, 8, symmetric="yes"), ValueError, "True or False"),
+    # formats
+    ("formats.get unknown", lambda: formats.get("fp6"), KeyError, "unknown format"),
+    ("formats.decode bool", lambda: formats.get("fp8_e4m3").decode(True), ValueError, "pattern"),
+    ("formats.encode str", lambda: formats.get("fp8_e4m3").encode("1.0"), ValueError, "number"),
+    ("formats.round object", lambda: formats.get("fp16").round(object()), TypeError, "floating-point"),
+    ("formats.torch_round_trip name", lambda: formats.torch_round_trip(torch.ones(2), "fp16"), ValueError, "FloatFormat"),
+    # fp8
+    ("fp8.cast ints", lambda: fp8.cast(torch.ones(2, dtype=torch.int32)), TypeError, "floating-point"),
+    ("fp8.cast NaN", lambda: fp8.cast(torch.tensor([NAN])), ValueError, "NaN"),
+    ("fp8.scales granularity", lambda: fp8.scales(W, "e4m3", "channel"), KeyError, "granularity"),
+    ("fp8.scales block 0", lambda: fp8.scales(W, "e4m3", "block", 0), ValueError, "block"),
+    ("fp8.quantize scale 0", lambda: fp8.quantize(W, scale=0.0), ValueError, "scale"),
+    ("fp8.quantize scale negative tensor", lambda: fp8.quantize(W, scale=-torch.ones(1)), ValueError, "positive"),
+    ("fp8.range_report scale NaN", lambda: fp8.range_report(W, scale=NAN), ValueError, "scale"),
+    ("fp8.max_value unknown", lambda: fp8.max_value("e3m4"), KeyError, "FP8 format"),
+    # gptq
+    ("gptq.hessian 1-D", lambda: gptq.hessian(torch.randn(8)), ValueError, "2-D or 3-D"),
+    ("gptq.rtn 1-D", lambda: gptq.rtn(torch.randn(64)), ValueError, "2-D"),
+    ("gptq.rtn group not dividing", lambda: gptq.rtn(W, 4, 48), ValueError, "does not divide"),
+    ("gptq.rtn group 0", lambda: gptq.rtn(W, 4, 0), ValueError, "group_size"),
+    ("gptq.gptq_quantize damp 1", lambda: gptq.gptq_quantize(W, torch.eye(64), 4, 64, damp=1.0), ValueError, "damp"),
+    ("gptq.gptq_quantize damp NaN", lambda: gptq.gptq_quantize(W, torch.eye(64), 4, 64, damp=NAN), ValueError, "damp"),
+    ("gptq.gptq_quantize NaN Hessian", lambda: gptq.gptq_quantize(W, torch.full((64, 64), NAN)), ValueError, "NaN"),
+    ("gptq.output_error shapes", lambda: gptq.output_error(W, W, torch.randn(4, 32)), ValueError, "input features"),
+    ("gptq.quantize_model no decoder", lambda: gptq.quantize_model(torch.nn.Linear(2, 2), WINDOWS), ValueError,
+     "decoder"),
+    # awq
+    ("awq.grid_points 2", lambda: awq.grid_points(2), ValueError, "at least 3"),
+    ("awq.grid_points fraction", lambda: awq.grid_points(4.5), ValueError, "n_grid"),
+    ("awq.candidate_scales alpha 2", lambda: awq.candidate_scales(torch.ones(4), torch.ones(4), 2.0, True), ValueError,
+     "alpha"),
+    ("awq.keep_channels out of range", lambda: awq.keep_channels(W, torch.tensor([64]), 4, 64), ValueError,
+     "column indices"),
+    ("awq.keep_channels float index", lambda: awq.keep_channels(W, torch.tensor([1.0]), 4, 64), ValueError, "integer"),
+    ("awq.clip ratios count", lambda: awq.clip(W, torch.ones(3), 64), ValueError, "ratios"),
+    ("awq.layer_mappings linear", lambda: awq.layer_mappings(torch.nn.Linear(2, 2)), ValueError, "decoder layer"),
+    # smoothquant
+    ("smoothquant.check_alpha 1.5", lambda: smoothquant.check_alpha(1.5), ValueError, r"\[0, 1\]"),
+    ("smoothquant.check_alpha bool", lambda: smoothquant.check_alpha(True), ValueError, "alpha"),
+    ("smoothquant.check_alpha NaN", lambda: smoothquant.check_alpha(NAN), ValueError, "alpha"),
+    ("smoothquant.smoothing_factors shapes", lambda: smoothquant.smoothing_factors(torch.ones(3), torch.ones(4), 0.5),
+     ValueError, "one statistic per input channel"),
+    ("smoothquant.weight_absmax empty", lambda: smoothquant.weight_absmax([]), ValueError, "non-empty list"),
+    ("smoothquant.w8a8 int act", lambda: smoothquant.w8a8(torch.nn.Linear(2, 2), act_dtype=torch.int8), ValueError,
+     "act_dtype"),
+    # activations
+    ("activations.channel_absmax list", lambda: activations.channel_absmax([1.0, 2.0]), ValueError, "torch.Tensor"),
+    ("activations.capture_inputs no names", lambda: activations.capture_inputs(torch.nn.Linear(2, 2), [], WINDOWS),
+     ValueError, "non-empty list"),
+    ("activations.run_with_input_hooks unknown", lambda: activations.run_with_input_hooks(
+        torch.nn.Sequential(torch.nn.Linear(2, 2)), WINDOWS, {"nope": print}), KeyError, "no modules named"),
+    # codebooks
+    ("codebooks.check_bnb_4bit type", lambda: codebooks.check_bnb_4bit("nf5", 64), ValueError, "quant_type"),
+    ("codebooks.check_bnb_4bit block", lambda: codebooks.check_bnb_4bit("nf4", 63), ValueError, "blocksize"),
+    ("codebooks.quantize_codebook levels", lambda: codebooks.quantize_codebook(W, torch.tensor([0.0, 2.0])), ValueError,
+     "[-1, 1]"),
+    ("codebooks.quantize_codebook block 0", lambda: codebooks.quantize_codebook(W, codebooks.nf4_levels(), 0),
+     ValueError, "block"),
+    ("codebooks.lloyd_max 1 level", lambda: codebooks.lloyd_max(torch.randn(100), 1), ValueError, "n_levels"),
+    ("codebooks.bnb_bits_per_weight 0", lambda: codebooks.bnb_bits_per_weight(0), ValueError, "blocksize"),
+    # hardware: the planner
+    ("hardware.plan fractional GPUs", lambda: hardware.plan(hardware.LLAMA3_70B, "fp16", "H100 SXM", n_gpus=1.5),
+     ValueError, "whole"),
+    ("hardware.plan FP8 without FP8 tensor cores", lambda: hardware.plan(hardware.LLAMA3_70B, "fp8", "A100 80GB"),
+     ValueError, "no FP8 tensor cores"),
+    ("hardware.plan batch 0", lambda: hardware.plan(hardware.LLAMA3_8B, "fp16", "H100 SXM", batch=0), ValueError, "batch"),
+    ("hardware.plan bool GPUs", lambda: hardware.plan(hardware.LLAMA3_8B, "fp16", "H100 SXM", n_gpus=True), ValueError,
+     "n_gpus"),
+    ("hardware.plan shape dict", lambda: hardware.plan({"layers": 80}, "fp16", "H100 SXM"), ValueError, "ModelShape"),
+    ("hardware.gpu unknown", lambda: hardware.gpu("V100"), KeyError, "unknown GPU"),
+    ("hardware.gpu number", lambda: hardware.gpu(100), KeyError, "unknown GPU"),
+    ("hardware.weight_bytes negative", lambda: hardware.weight_bytes(-1, "fp16"), ValueError, "positive"),
+    ("hardware.kv_tokens_that_fit fraction", lambda: hardware.kv_tokens_that_fit(hardware.gpu("H200"), 1, 1e9, 1e5, 1.5),
+     ValueError, "usable_fraction"),
+    ("hardware.ModelShape zero layers", lambda: hardware.ModelShape("m", 0, 8, 8, 2, 1, 4, 10), ValueError, "layers"),
+    ("hardware.peak_flops fp8 on T4", lambda: hardware.gpu("T4").peak_flops("fp8"), ValueError, "no FP8 tensor cores"),
+    ("hardware.max_batch fractional", lambda: hardware.max_batch(hardware.LLAMA3_8B, "fp16", "H100 SXM", 0.5), ValueError,
+     "n_gpus"),
+    # bench and throughput: timers
+    ("bench.time_call not callable", lambda: bench.time_call(3), ValueError, "function"),
+    ("bench.time_call 3 repeats", lambda: bench.time_call(lambda: None, repeats=3), ValueError, "at least 4"),
+    ("bench.summarize 2 samples", lambda: bench.summarize([1.0, 2.0]), ValueError, "at least 4"),
+    ("bench.summarize NaN", lambda: bench.summarize([1.0, 2.0, NAN, 3.0]), ValueError, "finite"),
+    ("bench.gemm_flops fraction", lambda: bench.gemm_flops(1.5, 4, 4), ValueError, "batch"),
+    ("bench.committed path", lambda: bench.committed("../results/04"), ValueError, "plain name"),
+    ("bench.attainable_flops 0", lambda: bench.attainable_flops(1.0, 0.0, 1.0), ValueError, "peak_flops"),
+    ("bench.measure_matmul_peak dtype", lambda: bench.measure_matmul_peak("cpu", "fp64"), KeyError, "matmul dtype"),
+    ("throughput.crossover_batch peak 0", lambda: throughput.crossover_batch(4, 4, 16, 2, 0.0, 1.0), ValueError,
+     "peak_flops"),
+    ("throughput.time_decode_graph cpu", lambda: throughput.time_decode_graph(torch.nn.Linear(2, 2), "cpu", 1, 4, 4, 8),
+     ValueError, "CUDA graphs"),
+    ("throughput.time_prefill batch 0", lambda: throughput.time_prefill(torch.nn.Linear(2, 2), "cpu", 0, 4, 8),
+     ValueError, "batch"),
+    # decide
+    ("decide.Candidate unknown format", lambda: decide.Candidate("fp9", "H100 SXM", 1), KeyError, "format"),
+    ("decide.Candidate fractional GPUs", lambda: decide.Candidate("fp8_w8a8", "H100 SXM", 1.5), ValueError, "whole"),
+    ("decide.Candidate unknown GPU", lambda: decide.Candidate("fp8_w8a8", "H900", 1), KeyError, "unknown GPU"),
+    ("decide.choose not rows", lambda: decide.choose("rows"), ValueError, "list"),
+    ("decide.kernel_efficiency dict", lambda: decide.kernel_efficiency({}), ValueError, "decode floors"),
+    ("decide.assess efficiency 0", lambda: decide.assess(hardware.LLAMA3_70B, decide.Candidate("bf16", "H100 SXM", 2),
+                                                         {"bf16": 0.0}, {"H100 SXM": 2.0}, {"bf16": 0.0}),
+     ValueError, r"\(0, 1\]"),
+    # toolkit
+    ("toolkit.calibration_dataset floats", lambda: toolkit.calibration_dataset(torch.rand(2, 8)), ValueError, "token ids"),
+    ("toolkit.reload missing", lambda: toolkit.reload("/nonexistent-qht-folder"), FileNotFoundError, "no saved checkpoint"),
+    ("toolkit.load_on_kernels bad device", lambda: toolkit.load_on_kernels(3), ValueError, "folder path"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_with_a_message(case, tmp_path, monkeypatch):
+    monkeypatch.setenv("QHT_CACHE", str(tmp_path))  # results cases must never touch the real cache
+    _, call, error, phrase = case
+    with pytest.raises(error) as caught:
+        call()
+    message = str(caught.value)
+    assert phrase in message or __import__("re").search(phrase, message), message
+    assert len(message) > 20, message  # a sentence, not a bare value
+
+
+@pytest.mark.skipif(not CPU_ONLY, reason="needs a CPU-only machine")
+@pytest.mark.parametrize("call", [
+    lambda: bench.time_call(lambda: None, device="cuda"),
+    lambda: bench.samples(lambda i: None, device="cuda"),
+    lambda: bench.synchronize("cuda"),
+    lambda: bench.measure_bandwidth("cuda"),
+    lambda: bench.measure_matmul_peak("cuda", "bf16"),
+    lambda: throughput.time_prefill(torch.nn.Linear(2, 2), "cuda", 1, 4, 8),
+    lambda: throughput.time_decode_eager(torch.nn.Linear(2, 2), "cuda", 1, 4, 4, 8),
+    lambda: throughput.environment("cuda"),
+    lambda: models.resolve_device("cuda"),
+    lambda: toolkit.reload(".", "cuda"),
+], ids=["time_call", "samples", "synchronize", "bandwidth", "matmul_peak", "prefill", "decode", "environment",
+        "resolve_device", "toolkit.reload"])
+def test_cuda_asked_of_a_cpu_only_torch_is_refused_up_front(call):
+    with pytest.raises(RuntimeError, match="no CUDA GPU.*device='cpu'"):
+        call()
+
+
+@pytest.mark.parametrize("name", list(BAD_TENSORS))
+def test_weight_functions_refuse_bad_tensors(name):
+    bad = BAD_TENSORS[name]
+    for fn in (lambda x: quantize.quantize_rtn(x, 8), lambda x: gptq.rtn(x, 4, None), lambda x: fp8.quantize(x),
+               lambda x: codebooks.normalized_blocks(x, 2), lambda x: models.q4_1_grid_fraction(x, 2)):
+        with pytest.raises((ValueError, TypeError)) as caught:
+            fn(bad)
+        assert "must be" in str(caught.value)
+
+
+def test_model_functions_refuse_non_models_and_accept_the_tiny_model(tiny):
+    assert models.describe(tiny)["layers"] == 2 and hardware.shape_of(tiny).layers == 2
+    with pytest.raises(ValueError, match="decoder"):
+        awq.quantize_model(torch.nn.Linear(2, 2), torch.randint(0, 64, (16, 16)))
+    with pytest.raises(ValueError, match="vocabulary"):
+        evaluate.perplexity(tiny, torch.full((1, 8), 64, dtype=torch.long))  # ids beyond the model's 64
+    with pytest.raises(KeyError, match="no linear layers named"):
+        with quantize.quantized_weights(tiny, 4, "channel", names=["model.layers.9.mlp.up_proj"]):
+            pass
+    with pytest.raises(ValueError, match="group_size"):
+        gptq.quantize_model(tiny, torch.randint(0, 64, (16, 16)), 4, 48)  # 48 divides none of 32 / 64
+    assert math.isfinite(evaluate.perplexity(tiny, torch.randint(0, 64, (1, 8)), progress=False))
+
+
+SWEPT = ["validate", "models", "results", "exercises", "evaluate", "data", "quantize", "formats", "fp8", "gptq", "awq",
+         "smoothquant", "activations", "codebooks", "hardware", "bench", "throughput", "decide", "toolkit"]
+# Functions for which any object is a fine first argument (they report on it, or wrap it).
+ANY_FIRST = {"throughput.guarded", "throughput.strict_json", "data.bos_id"}
+
+
+@pytest.mark.parametrize("module", SWEPT)
+def test_every_public_function_refuses_a_meaningless_first_argument(module, tmp_path, monkeypatch):
+    """Called with object() as first argument, a function raises a clear error (ValueError, TypeError, LookupError,
+    OSError, RuntimeError), never an AttributeError or IndexError from deep inside."""
+    monkeypatch.setenv("QHT_CACHE", str(tmp_path))
+    mod = importlib.import_module(f"lessons_lib.{module}")
+    unclear = []
+    for name, fn in inspect.getmembers(mod, inspect.isfunction):
+        if fn.__module__ != mod.__name__ or name.startswith("_") or f"{module}.{name}" in ANY_FIRST:
+            continue
+        positional = [p for p in inspect.signature(fn).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if not positional:
+            continue
+        try:
+            out = fn(object())
+            if hasattr(out, "__enter__"):
+                with out:
+                    pass
+            unclear.append(f"{name}: accepted object()")
+        except (ValueError, TypeError, LookupError, OSError, RuntimeError):
+            pass
+        except Exception as err:  # noqa: BLE001 - the point is to name what leaked
+            unclear.append(f"{name}: {type(err).__name__}: {err}")
+    assert not unclear, unclear
