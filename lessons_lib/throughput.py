@@ -252,6 +252,7 @@ def model_weight_bytes(model) -> int:
 
 def bytes_read_per_token(model) -> int:
     """Weight bytes one decode step reads: every linear (lm_head included) and the norms; one embedding row."""
+    validate.model(model)
     emb = model.model.embed_tokens.weight
     tied = model.lm_head.weight.data_ptr() == emb.data_ptr()
     total = model_weight_bytes(model) - emb.numel() * emb.element_size() + emb.shape[1] * emb.element_size()
