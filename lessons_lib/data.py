@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -182,3 +183,27 @@ def documents(name: str = "eval", n_docs: int = 4, min_chars: int = 2000) -> lis
             if len(docs) == n_docs:
                 return docs
     raise ValueError(f"text set {name!r} holds fewer than {n_docs} documents of {min_chars} characters")
+
+
+_LAST_WORD = re.compile(r"\s([A-Za-z]{4,})([.!?])$")
+
+
+def cloze_items(name: str = "test", n: int = 100, context_chars: int = 600) -> list[dict]:
+    """A last-word task (as LAMBADA) from a split: each paragraph-final word of 4+ letters is a target, the text
+    before it (up to context_chars from a word boundary, at least half of it) its context; items drawn in turn from the documents."""
+    n = validate.integer(n, "n", lo=1)
+    docs, per_doc = split_documents(name), []
+    for d in docs:
+        found = []
+        for para in re.finditer(r"[^\n]+", d.text):
+            m = _LAST_WORD.search(para.group())
+            cut = para.start() + m.start(1) if m else 0  # where the target word starts
+            if m and len(para.group().split()) >= 20 and cut >= context_chars // 2:
+                context = d.text[max(0, cut - context_chars):cut]
+                context = context if cut <= context_chars else context.split(" ", 1)[-1]
+                found.append({"context": context.rstrip(), "target": " " + m.group(1), "doc": d.id})
+        per_doc.append(found)
+    order = _rotation(docs, [len(f) for f in per_doc], n)
+    if len(order) < n:
+        raise ValueError(f"text set {name!r} has {len(order)} cloze items, fewer than {n}: ask for fewer")
+    return [per_doc[i][j] for i, j in order]

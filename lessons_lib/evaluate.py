@@ -462,3 +462,59 @@ def record_values(scores: dict[str, Scores] | list[Scores], against: str = "fp32
         out["ppl_diff"] = {k: list(paired_interval(s.nll, scores[against].nll, exp=True)) for k, s in scores.items()
                            if k != against}
     return out
+
+
+def lm_eval_cloze(model_dir: str, items: list[dict], device: str = "cpu", dtype: str = "float32",
+                  batch_size: int = 8) -> dict:
+    """Accuracy on a last-word task (data.cloze_items) through lm-eval, as its LAMBADA task scores it: an item counts
+    when greedy decoding after the context gives exactly the target; returns acc, its standard error, perplexity, n."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from .toolkit import _quiet_progress
+
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) and {"context", "target"} <= set(i)
+                                                           for i in items):
+        raise validate.BadInput("items must be a non-empty list of {'context', 'target'} dicts: data.cloze_items('test')")
+    if not isinstance(model_dir, (str, Path)) or not (Path(model_dir) / "config.json").is_file():
+        raise validate.BadInput(f"model_dir must be a saved model folder (with config.json), such as "
+                                f"str(models.offline_checkpoint()); got {model_dir!r}")
+    device = str(validate.device(device))
+    dtype = validate.choice(dtype, "dtype", ("float32", "bfloat16", "float16"))
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "items.jsonl").write_text("".join(json.dumps({"context": i["context"], "target": i["target"]}) + "\n"
+                                                    for i in items))
+        (folder / "qht_cloze.yaml").write_text(
+            "task: qht_cloze\ndataset_path: json\n"
+            f"dataset_kwargs:\n  data_files:\n    test: {folder / 'items.jsonl'}\n"
+            "test_split: test\noutput_type: loglikelihood\n"
+            'doc_to_text: "{{context}}"\ndoc_to_target: "{{target}}"\n'
+            "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n"
+            "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        )
+        with _quiet_lm_eval(), _quiet_progress():
+            out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype={dtype}",
+                                          tasks=["qht_cloze"], task_manager=TaskManager(include_path=str(folder)),
+                                          device=device, batch_size=batch_size)
+    m = out["results"]["qht_cloze"]
+    return {"acc": m["acc,none"], "acc_stderr": m["acc_stderr,none"], "perplexity": m["perplexity,none"], "n": len(items)}
+
+
+@torch.no_grad()
+def cloze_accuracy(model, tokenizer, items: list[dict], progress: bool | None = None) -> float:
+    """Our own scoring of a last-word task, as lm-eval's: the target's tokens (whole text minus the context's tokens)
+    must all be the greedy choice after the context."""
+    if not isinstance(items, list) or not items:
+        raise validate.BadInput("items must be a non-empty list of {'context', 'target'} dicts: data.cloze_items('test')")
+    device, hits = _model_device(model), 0
+    for item in tqdm(items, desc="cloze", leave=False, **validate.progress(progress)):
+        context = tokenizer(item["context"]).input_ids
+        whole = tokenizer(item["context"] + item["target"]).input_ids
+        ids = torch.tensor([whole], device=device)
+        greedy = model(ids).logits[0, len(context) - 1:-1].argmax(-1)
+        hits += bool((greedy == ids[0, len(context):]).all())
+    return hits / len(items)

@@ -105,3 +105,15 @@ def test_documents():
 def test_text_sets_rebuild_identically():
     """scripts/build_text.py run again from the registry packages gives the committed files."""
     subprocess.run([sys.executable, str(ROOT / "scripts" / "build_text.py"), "--check"], check=True)
+
+
+def test_cloze_items_come_from_the_test_documents():
+    items = data.cloze_items("test", 40)
+    assert items == data.cloze_items("test", 40)  # deterministic
+    docs = {d.id: d.text for d in data.split_documents("test")}
+    assert [i["doc"] for i in items[:4]] == ["sotu-2026", "sotu-2026", "sotu-2024", "sotu-2023"]  # as the windows
+    for item in items:
+        assert item["target"][0] == " " and item["target"][1:].isalpha() and len(item["target"]) >= 5
+        assert item["context"] + item["target"] in docs[item["doc"]] and 250 < len(item["context"]) <= 600
+    with pytest.raises(ValueError, match="fewer than"):
+        data.cloze_items("test", 100_000)
