@@ -1,18 +1,10 @@
-"""Weight formats on real kernels: y = x @ W.T with W ([out, in], like nn.Linear) stored 8 ways.
+"""Weight formats on real kernels: y = x @ W.T with W ([out, in], like nn.Linear) stored in 8 formats.
 
-    fp32, bf16, fp16    dense matmul (F.linear)
-    int8_weight_only    int8 weights, per-row scales, float activations   torch._weight_int8pack_mm
-    int8_w8a8           int8 weights and per-token int8 activations        torch._int_mm (int32 accumulate)
-    int4_weight_only    4-bit weights, groups with scale and zero point    torch._weight_int4pack_mm (tinygemm on
-                                                                           CUDA) / _weight_int4pack_mm_for_cpu
-    nf4                 bitsandbytes NF4, blocks of 64                     bnb.matmul_4bit
-    fp8_w8a8            e4m3 weights and per-token e4m3 activations         torch._scaled_mm (CUDA >= 8.9)
-
-FORMATS holds one `Format` entry per name: its bits, tolerance, what runs, when it cannot run and how it is built.
-Adding a format means adding one entry. quantize(fmt, w) prepares a weight; calling the result on x runs the
-kernel. reference(x) computes the same product in float32 from the dequantized operands the kernel really uses,
-so relative_error() checks the kernel itself. A format the device cannot run raises UnsupportedKernel with the
-reason before any torch kernel is touched. lessons_lib.probing tries every entry on a device.
+FORMATS holds one `Format` entry per format (fp32, bf16, fp16, int8_weight_only, int8_w8a8, int4_weight_only, nf4,
+fp8_w8a8): its bits, tolerance, which torch kernel runs, when it cannot run and how it is built; adding a format means
+adding one entry. quantize(fmt, w) prepares a weight, raising UnsupportedKernel with the reason before any kernel is
+touched; calling the result on x runs the kernel, and reference(x) computes the same product in float32 from the
+dequantized operands, so relative_error() checks the kernel itself. lessons_lib.probing tries every entry on a device.
 """
 from __future__ import annotations
 
@@ -260,15 +252,9 @@ class Int4WeightOnly(QuantWeight):
         self.group_size, self.tiles = group_size, inner_k_tiles(q.shape[1])
         store = torch.bfloat16 if cuda else self.act_dtype
         self.scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(store)
-        self.packed = self._pack_cuda(q) if cuda else torch._convert_weight_to_int4pack_for_cpu(q, self.tiles)
+        self.packed = torch._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8), self.tiles) \
+            if cuda else torch._convert_weight_to_int4pack_for_cpu(q, self.tiles)  # tinygemm packs uint8 (torch >= 2.5)
         self.codes = q.to(torch.uint8) if keep_codes else None  # only for dequantize(), never for the kernel
-
-    def _pack_cuda(self, q: torch.Tensor) -> torch.Tensor:
-        """tinygemm packing from uint8 [out, in/2] (torch >= 2.5); int32 [out, in] for older torch."""
-        try:
-            return torch._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8), self.tiles)
-        except RuntimeError:
-            return torch._convert_weight_to_int4pack(q, self.tiles)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         mm = torch._weight_int4pack_mm if self.device.type == "cuda" else torch._weight_int4pack_mm_for_cpu
