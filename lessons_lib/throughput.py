@@ -607,13 +607,13 @@ LINEAR_OPS = ("aten::mm", "aten::addmm", "aten::_weight_int8pack_mm", "aten::_we
 
 
 def decode_vs_floor(model, formats: list, read_bw: float, prompt: int = 64, new_tokens: int = 16,
-                    compiled: bool = True, group_size: int | None = 64, max_s: float = 5.0, log=print,
+                    compiled: bool | tuple = True, group_size: int | None = 64, max_s: float = 5.0, log=print,
                     base: str = "fp32") -> list[dict]:
     """Batch-1 decode per format, eager and under torch.compile side by side, each against its bandwidth floor.
 
     The floor is bytes read per token / read_bw (a streaming read, bench.measure_read_bandwidth): the least time a
     step can take if it did nothing but read its weights. Speedups are over the first format (fp32); `base` is the
-    model's own format (the others are converted copies)."""
+    model's own format (the others are converted copies); `compiled` is True, False, or the formats to compile."""
     device, vocab = next(model.parameters()).device, model.config.vocab_size
     rows = []
     for fmt in formats:
@@ -623,7 +623,7 @@ def decode_vs_floor(model, formats: list, read_bw: float, prompt: int = 64, new_
                 moved = bytes_read_per_token(work)
                 row = {"format": fmt, "bytes_read_per_token": moved, "floor_s": moved / read_bw,
                        "eager": time_decode_eager(work, device, 1, prompt, new_tokens, vocab, max_s)}
-                if compiled:
+                if compiled is True or (compiled and fmt in compiled):
                     row["compiled"] = compiled_decode(work, prompt, new_tokens, mode="default", log=log)
         finally:
             if originals is not None:
@@ -635,13 +635,13 @@ def decode_vs_floor(model, formats: list, read_bw: float, prompt: int = 64, new_
                 row[f"{mode}_fraction_of_floor"] = row["floor_s"] / row[mode]["step_median_s"]
         rows.append(row)
         log(f"byte law {fmt:16s} floor {row['floor_s'] * 1e3:.1f} ms, eager {row['eager']['step_median_s'] * 1e3:.1f} ms"
-            + (f", compiled {row['compiled']['step_median_s'] * 1e3:.1f} ms" if compiled else ""))
-    base = rows[0]
+            + (f", compiled {row['compiled']['step_median_s'] * 1e3:.1f} ms" if "compiled" in row else ""))
+    first = rows[0]
     for row in rows:
-        row["bytes_ratio"] = base["bytes_read_per_token"] / row["bytes_read_per_token"]
+        row["bytes_ratio"] = first["bytes_read_per_token"] / row["bytes_read_per_token"]
         for mode in ("eager", "compiled"):
-            if mode in row:
-                row[f"{mode}_speedup"] = base[mode]["step_median_s"] / row[mode]["step_median_s"]
+            if mode in row and mode in first:
+                row[f"{mode}_speedup"] = first[mode]["step_median_s"] / row[mode]["step_median_s"]
     return rows
 
 
