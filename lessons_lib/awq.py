@@ -202,13 +202,14 @@ def clip(w: torch.Tensor, ratios: torch.Tensor, group_size: int) -> torch.Tensor
     return torch.maximum(torch.minimum(wg, limit), -limit).reshape(w.shape)
 
 
-def _record_calls(layer, modules: list[torch.nn.Module], hidden: list, kwargs: dict) -> dict:
-    """Run the decoder layer on each hidden state; return every call (args, kwargs) made into each module."""
+def _record_calls(layer, modules: list[torch.nn.Module], hidden: list, kwargs: list) -> dict:
+    """Run the decoder layer on each hidden state with that window's own arguments (kwargs[i] for hidden[i]);
+    return every call (args, kwargs) made into each module."""
     calls = {m: [] for m in modules}
     hooks = [m.register_forward_pre_hook(lambda mod, a, k: calls[mod].append((a, k)), with_kwargs=True) for m in modules]
     try:
-        for h in hidden:
-            layer(h, **kwargs)
+        for h, kw in zip(hidden, kwargs):
+            layer(h, **kw)
     finally:
         for handle in hooks:
             handle.remove()
@@ -230,11 +231,13 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
     grid_points(n_grid)
     validate.flag(apply_clip, "apply_clip")
     bar = validate.progress(progress)
-    for lin in (m for m in model.model.layers[0].modules() if isinstance(m, torch.nn.Linear)):
+    layers = decoder_layers(model)
+    for lin in (m for m in layers[0].modules() if isinstance(m, torch.nn.Linear)):
         _group(group_size, lin.in_features)
-    hidden, kwargs = decoder_inputs(model, calib)
+    hidden, layer_kwargs = decoder_inputs(model, calib)
     histories = {}
-    for index, layer in enumerate(tqdm(model.model.layers, desc=f"AWQ W{bits}", **bar)):
+    for index, layer in enumerate(tqdm(layers, desc=f"AWQ W{bits}", **bar)):
+        kwargs = layer_kwargs[index]  # this layer's own masks and position embeddings, one dict per window
         maps = layer_mappings(layer)
         calls = _record_calls(layer, [m.parent for m in maps], hidden, kwargs)
         for m in maps:
@@ -242,7 +245,8 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
             fold_scales(m, s)
         linears = {n: lin for n, lin in layer.named_modules() if isinstance(lin, torch.nn.Linear)}
         if apply_clip:  # AutoAWQ's clipping search; it skips q and k, whose errors the attention softmax reshapes
-            targets = [lin for n, lin in linears.items() if not n.endswith(("q_proj", "k_proj"))]
+            skip = no_clip(layer)
+            targets = [lin for lin in linears.values() if not any(lin is q for q in skip)]
             seen = _record_calls(layer, targets, hidden[:2], kwargs)
             for lin in targets:
                 x = _inputs(seen[lin])
@@ -250,5 +254,5 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
                                        group_size or lin.in_features)
         for lin in linears.values():
             lin.weight.data = rtn(lin.weight.data, bits, group_size)
-        hidden = [_first(layer(h, **kwargs)) for h in hidden]
+        hidden = [_first(layer(h, **kw)) for h, kw in zip(hidden, kwargs)]
     return histories

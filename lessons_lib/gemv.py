@@ -347,7 +347,7 @@ def weight_for(kind: str, w: torch.Tensor, group_size: int = 128):
     raise KernelError(f"kind must be 'w4a16' or 'fp8', got {kind!r}")
 
 
-def swap_linears(model: torch.nn.Module, kind: str, group_size: int = 128, skip: tuple = ("lm_head",)) -> dict:
+def swap_linears(model: torch.nn.Module, kind: str, group_size: int = 128, skip: tuple = ()) -> dict:
     """Put every decoder nn.Linear of the model on a Triton kernel in place; return the originals (restore_linears)."""
     from . import kernels  # noqa: PLC0415
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from . import validate
+from .architecture import decoder_layers, groups, layer_inputs
 from .data import check_windows
 from .quantize import check_bits, check_float, divisors_hint
 
@@ -155,41 +156,19 @@ def output_error(w: torch.Tensor, w_q: torch.Tensor, inputs: torch.Tensor) -> fl
 
 
 def _decoder(model):
-    """A decoder-only transformers model (model.model.layers), as models.load_model returns."""
+    """A decoder-only transformers model whose decoder layers the architecture map knows (models.load_model)."""
     validate.model(model)
-    if not hasattr(getattr(model, "model", None), "layers"):
-        raise validate.BadInput(f"model must be a decoder-only transformers model with model.model.layers "
-                                f"(models.load_model()), got a {type(model).__name__}")
+    groups(decoder_layers(model)[0])  # names what is missing and where to add it
     return model
 
 
-class _Stop(Exception):
-    """Raised by a hook to stop a forward pass once the first decoder layer's inputs are caught."""
-
-
 @torch.no_grad()
-def decoder_inputs(model, calib: torch.Tensor) -> tuple[list, dict]:
-    """Hidden states entering the first decoder layer for each calibration window, and that layer's other arguments."""
+def decoder_inputs(model, calib: torch.Tensor) -> tuple[list, list]:
+    """Hidden states entering the first decoder layer for each calibration window, and every layer's own other
+    arguments (kwargs[layer][window]; architecture.layer_inputs): sliding-window and global layers differ."""
     _decoder(model)
     check_windows(calib)
-    caught: dict = {"hidden": [], "kwargs": None}
-
-    def catch(_module, args, kwargs):
-        caught["hidden"].append(args[0] if args else kwargs.pop("hidden_states"))
-        caught["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-        raise _Stop
-
-    handle = model.model.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
-    device = next(model.parameters()).device
-    try:
-        for window in calib.split(1):
-            try:
-                model(window.to(device), use_cache=False)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return caught["hidden"], caught["kwargs"]
+    return layer_inputs(model, calib)
 
 
 @torch.no_grad()
@@ -206,39 +185,34 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
     bar = validate.progress(progress)
     for lin in (m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()):
         _group(group_size, lin.in_features)
-    hidden, kwargs = decoder_inputs(model, calib)
-    for layer in tqdm(model.model.layers, desc=f"GPTQ W{bits}", **bar):
-        linears = {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
-        xtx: dict = {}
-        count: dict = {}
-        rep: dict = {}  # linear -> the first linear fed the very same input (q/k/v; gate/up share one Hessian)
-        seen: list = []  # (input tensor, linear name) of this window, kept alive so identity checks are sound
+    hidden, layer_kwargs = decoder_inputs(model, calib)
+    for layer, kwargs in zip(tqdm(decoder_layers(model), desc=f"GPTQ W{bits}", **bar), layer_kwargs):
+        # linears that read one input (q/k/v or a fused qkv; gate/up) share one Hessian: one GPTQ call on their rows
+        shared = [g.balance for g in groups(layer)]
+        mapped = {id(m) for lins in shared for m in lins}
+        shared += [[m] for m in layer.modules() if isinstance(m, torch.nn.Linear) and id(m) not in mapped]
+        xtx: list = [0] * len(shared)
+        count: list = [0] * len(shared)
 
-        def accumulate(_m, args, n):
-            x = args[0]
-            rep[n] = next((name for t, name in seen if t is x), n)
-            if rep[n] == n:
-                seen.append((x, n))
-                flat = x.reshape(-1, x.shape[-1]).double().cpu()  # float64: a few huge activations dominate X^T X
-                xtx[n] = xtx.get(n, 0) + flat.T @ flat
-                count[n] = count.get(n, 0) + flat.shape[0]
+        def accumulate(i, args):
+            flat = args[0].reshape(-1, args[0].shape[-1]).double().cpu()  # float64: a few huge activations dominate X^T X
+            xtx[i] = xtx[i] + flat.T @ flat
+            count[i] += flat.shape[0]
 
-        hooks = [m.register_forward_pre_hook(lambda m, a, n=n: accumulate(m, a, n)) for n, m in linears.items()]
-        for h in hidden:
-            seen.clear()
-            layer(h, **kwargs)
-        for handle in hooks:
-            handle.remove()
-        by_input: dict = {}
-        for n, r in rep.items():
-            by_input.setdefault(r, []).append(n)
-        for key, names in by_input.items():  # one GPTQ call on the stacked rows of every linear sharing an input
-            stacked = torch.cat([linears[n].weight.data.float().cpu() for n in names])
-            result = gptq_quantize(stacked, 2 * xtx[key] / count[key], bits, group_size, symmetric, act_order, damp,
+        hooks = [lins[0].register_forward_pre_hook(lambda _m, a, i=i: accumulate(i, a)) for i, lins in enumerate(shared)]
+        try:
+            for h, kw in zip(hidden, kwargs):  # each window with this layer's own masks and position embeddings
+                layer(h, **kw)
+        finally:
+            for handle in hooks:
+                handle.remove()
+        for i, lins in enumerate(shared):
+            stacked = torch.cat([lin.weight.data.float().cpu() for lin in lins])
+            result = gptq_quantize(stacked, 2 * xtx[i] / count[i], bits, group_size, symmetric, act_order, damp,
                                    error_feedback=error_feedback)
-            for n, part in zip(names, result.weight.split([linears[n].out_features for n in names])):
-                linears[n].weight.data = part.to(linears[n].weight.device, linears[n].weight.dtype)
-        hidden = [_first(layer(h, **kwargs)) for h in hidden]
+            for lin, part in zip(lins, result.weight.split([lin.out_features for lin in lins])):
+                lin.weight.data = part.to(lin.weight.device, lin.weight.dtype)
+        hidden = [_first(layer(h, **kw)) for h, kw in zip(hidden, kwargs)]
     return model
 
 

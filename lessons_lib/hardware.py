@@ -127,6 +127,7 @@ class ModelShape:
     head_dim: int
     vocab: int
     tied_embeddings: bool = False
+    gated: bool = True  # gate and up (3 MLP matrices); False: one up and one down (OPT's fc1, fc2)
 
     def __post_init__(self):
         _check_count(layers=self.layers, hidden=self.hidden, mlp=self.mlp, q_heads=self.q_heads, kv_heads=self.kv_heads,
@@ -136,9 +137,9 @@ class ModelShape:
 
     @property
     def parameters(self) -> int:
-        """Parameter count: attention (q, k, v, o), gated MLP, two norms per layer, embeddings, final norm."""
+        """Parameter count: attention (q, k, v, o), MLP, two norms per layer, embeddings, final norm (no biases)."""
         attn = self.hidden * self.head_dim * (2 * self.q_heads + 2 * self.kv_heads)
-        per_layer = attn + 3 * self.hidden * self.mlp + 2 * self.hidden
+        per_layer = attn + (3 if self.gated else 2) * self.hidden * self.mlp + 2 * self.hidden
         embeddings = self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
         return self.layers * per_layer + embeddings + self.hidden
 
@@ -160,10 +161,18 @@ def shape_of(model) -> ModelShape:
     if not hasattr(c, "num_hidden_layers"):
         raise validate.BadInput(f"model must be a transformers model with a config (models.load_model()), got "
                                 f"{type(model).__name__}")
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return ModelShape(getattr(c, "_name_or_path", "model") or "model", c.num_hidden_layers, c.hidden_size,
-                      c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, head_dim, c.vocab_size,
-                      bool(getattr(c, "tie_word_embeddings", False)))
+    from . import architecture  # noqa: PLC0415
+
+    c = c.get_text_config() if hasattr(c, "get_text_config") else c
+    layers = architecture.decoder_layers(model)
+    mlp_in, mlp_out = (next(g for g in architecture.groups(layers[0]) if g.role == r) for r in ("mlp input", "mlp output"))
+    mlp = mlp_out.balance[0].in_features  # the MLP width, whatever the config calls it (intermediate_size, ffn_dim)
+    gated = sum(lin.out_features for lin in mlp_in.balance) == 2 * mlp
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads  # Gemma: not hidden / heads
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    return ModelShape(getattr(c, "_name_or_path", "model") or "model", len(layers), c.hidden_size, mlp,
+                      c.num_attention_heads, kv_heads, head_dim, c.vocab_size,
+                      bool(getattr(c, "tie_word_embeddings", False)), gated)
 
 
 def format_bits_per_weight(fmt: str, group_size: int | None = None, scale_bits: int = 16, zero_bits: int = 0) -> float:

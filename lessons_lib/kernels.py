@@ -553,7 +553,7 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def swap_linears(model: nn.Module, fmt: str, skip: tuple = ("lm_head",), **options) -> dict[str, nn.Linear]:
+def swap_linears(model: nn.Module, fmt: str, skip: tuple = (), **options) -> dict[str, nn.Linear]:
     """Replace the model's Linear layers by QuantLinear(fmt) in place; return the originals to restore later."""
     originals = decoder_linears(model, skip)
     swapped = {name: QuantLinear(quantize(fmt, lin.weight.detach(), **options), lin.bias)

@@ -500,10 +500,20 @@ def logical_parameters(model) -> int:
 
 
 def decoder_linears(model, skip: tuple = ()) -> dict:
-    """name -> nn.Linear for every Linear inside the decoder layers (never the head), except names with a `skip` part."""
+    """name -> nn.Linear for every Linear inside the decoder layers (never the head), except names with a `skip` part.
+
+    A module the architecture map does not know (a toy model) gives every Linear but its head."""
+    from . import architecture  # noqa: PLC0415
+
     validate.model(model)
-    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-            and ".layers." in f".{name}" and not any(s in name for s in skip)}
+    try:
+        base = architecture.layers_path(model) + "."
+    except validate.UnknownName:
+        base, head = "", architecture.head(model)
+    else:
+        head = None
+    return {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head
+            and name.startswith(base) and not any(s in name for s in skip)}
 
 
 def linear_weights(model) -> dict:

@@ -6,6 +6,7 @@ import torch
 
 from . import kernels, validate
 from .activations import input_channel_absmax
+from .architecture import decoder_layers
 from .awq import Mapping, fold_scales, layer_mappings
 from .data import check_windows
 from .quantize import check_float
@@ -41,11 +42,11 @@ def smoothing_factors(act_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: f
 
 
 def mappings(layer, include_down: bool = False) -> list[Mapping]:
-    """SmoothQuant's pairs in a LLaMA layer: input RMSNorm -> q/k/v, post-attention RMSNorm -> gate/up
-    (llm-compressor's defaults), and optionally up_proj -> down_proj."""
+    """SmoothQuant's pairs in a decoder layer: the attention's input norm -> q/k/v, the MLP's input norm -> gate/up
+    (llm-compressor's defaults), and optionally up -> down (architecture.groups names them for each family)."""
     validate.flag(include_down, "include_down")
-    keep = {"input_layernorm", "post_attention_layernorm"} | ({"up_proj"} if include_down else set())
-    return [m for m in layer_mappings(layer) if m.name in keep]
+    keep = {"attention input", "mlp input"} | ({"mlp output"} if include_down else set())
+    return [m for m in layer_mappings(layer) if m.role in keep]
 
 
 def _named_mappings(model, include_down: bool) -> list[tuple[str, Mapping]]:
@@ -55,7 +56,7 @@ def _named_mappings(model, include_down: bool) -> list[tuple[str, Mapping]]:
     _decoder(model)
     validate.flag(include_down, "include_down")
     names = {id(m): n for n, m in model.named_modules()}
-    return [(names[id(m.balance[0])], m) for layer in model.model.layers for m in mappings(layer, include_down)]
+    return [(names[id(m.balance[0])], m) for layer in decoder_layers(model) for m in mappings(layer, include_down)]
 
 
 def activation_absmax(model, calib: torch.Tensor, include_down: bool = False) -> dict[str, torch.Tensor]:

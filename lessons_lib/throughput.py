@@ -17,7 +17,7 @@ import traceback
 
 import torch
 
-from . import bench, kernels, validate
+from . import architecture, bench, kernels, validate
 
 
 def error_text(e: BaseException) -> str:
@@ -133,8 +133,9 @@ def new_cache(model, batch: int, max_len: int, device: torch.device):
     c = model.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     cache = StaticCache(config=c, max_cache_len=max_len)
-    dtype = model.model.embed_tokens.weight.dtype
-    cache.early_initialization(batch, c.num_key_value_heads, head_dim, dtype, device)
+    dtype = architecture.embedding(model).weight.dtype
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    cache.early_initialization(batch, kv_heads, head_dim, dtype, device)
     return cache
 
 
@@ -253,8 +254,8 @@ def model_weight_bytes(model) -> int:
 def bytes_read_per_token(model) -> int:
     """Weight bytes one decode step reads: every linear (lm_head included) and the norms; one embedding row."""
     validate.model(model)
-    emb = model.model.embed_tokens.weight
-    tied = model.lm_head.weight.data_ptr() == emb.data_ptr()
+    emb = architecture.embedding(model).weight
+    tied = architecture.head(model).weight.data_ptr() == emb.data_ptr()
     total = model_weight_bytes(model) - emb.numel() * emb.element_size() + emb.shape[1] * emb.element_size()
     return total + (emb.numel() * emb.element_size() if tied else 0)
 
