@@ -252,7 +252,7 @@ def model_weight_bytes(model) -> int:
 
 
 def bytes_read_per_token(model) -> int:
-    """Weight bytes one decode step reads: every linear (lm_head included) and the norms; one embedding row."""
+    """Weight bytes one decode step reads: every linear (the head included) and the norms; one embedding row."""
     validate.model(model)
     emb = architecture.embedding(model).weight
     tied = architecture.head(model).weight.data_ptr() == emb.data_ptr()
@@ -676,6 +676,6 @@ def decode_profile(model, prompt: int = 64, steps: int = 4) -> dict:
         if kind:
             ms[kind] += e.self_cpu_time_total / 1e3 / steps
     ms["Python, modules, dispatch"] = max(0.0, wall * 1e3 - sum(ms.values()))
-    linear = kernels.linear_bytes(model)  # lm_head included
+    linear = kernels.linear_bytes(model)  # the head included
     return {"step_ms": wall * 1e3, "ms": ms, "linear_bytes": linear,
             "linear_gb_per_s": linear / (ms["linear kernels"] / 1e3) / 1e9 if ms["linear kernels"] else None}
