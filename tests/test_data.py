@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class CharTokenizer:
-    """A stand-in tokenizer (one id per character) so these tests need no model."""
+    """A stand-in tokenizer (one id per character, no special tokens) so these tests need no model."""
+
+    bos_token_id = eos_token_id = None
 
     def __call__(self, text, return_tensors=None):
         import torch
