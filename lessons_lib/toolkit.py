@@ -12,6 +12,11 @@ import torch
 
 from . import validate
 
+# llm-compressor configures its logger when first imported, from this variable: warnings it gives on every CPU-only
+# machine ("No accelerator available! Compressing model on CPU instead", also from building a recipe) are expected
+# here, so only its errors are shown. Set LLM_COMPRESSOR_LOG_LEVEL=INFO before importing lessons_lib to see them.
+os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
+
 
 def calibration_dataset(windows: torch.Tensor):
     """A datasets.Dataset of token windows, the form llm-compressor's oneshot takes."""
@@ -62,6 +67,9 @@ def oneshot(model, tokenizer, recipe, windows: torch.Tensor, out_dir: str | Path
     # llm-compressor re-configures its logger inside oneshot; this environment variable is what it reads there. Its
     # warnings on a CPU-only machine ("No accelerator available! Compressing model on CPU instead") are expected.
     os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
+    from llmcompressor import LoggerConfig, configure_logger
+
+    configure_logger(LoggerConfig(console_log_level=os.environ["LLM_COMPRESSOR_LOG_LEVEL"]))  # errors still show
     logger.disable("llmcompressor")  # its per-layer progress logs would drown the notebook
     logger.disable("compressed_tensors")
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # "is_fx_tracing will return true ..."
