@@ -5,6 +5,7 @@ size, ... and the versions of the libraries that measured it) and the values. It
 only when every setting matches; a corrupt or mismatched file is reported by name and never used."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -26,13 +27,17 @@ class BadRecord(LookupError):
 
 
 def versions() -> dict:
-    """The versions of Python and the libraries that shape a measurement, as this environment has them."""
+    """The versions of Python, of the libraries that shape a measurement and of the course's text sets, as here."""
     found = {"python": platform.python_version()}
     for name in VERSIONED:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             found[name] = None
+    try:  # the text sets themselves: a record measured on other evaluation or calibration text is not comparable
+        found["text sets"] = hashlib.sha256(resource("text", "MANIFEST.json").read_bytes()).hexdigest()[:16]
+    except OSError:
+        found["text sets"] = None
     return found
 
 

@@ -118,3 +118,13 @@ def test_quality_costs_refuses_records_made_with_other_settings():
     with pytest.raises(KeyError, match="missing"):
         decide.quality_costs({k: v for k, v in recorded.items() if k != "05"})
     assert base == decide.quality_costs(recorded)
+
+
+def test_records_name_the_text_sets_they_were_measured_on(cache, monkeypatch):
+    """A record made before the evaluation or calibration text changed is not used (its text-set hash differs)."""
+    v = results.versions()
+    assert len(v["text sets"]) == 16 and int(v["text sets"], 16) >= 0
+    results.record("98", SETTINGS, ppl={"RTN": 30.5})
+    monkeypatch.setattr(results, "versions", lambda: {**v, "text sets": "0" * 16})
+    with pytest.raises(LookupError, match="text sets"):
+        results.read("98", **SETTINGS)
