@@ -128,3 +128,13 @@ def test_records_name_the_text_sets_they_were_measured_on(cache, monkeypatch):
     monkeypatch.setattr(results, "versions", lambda: {**v, "text sets": "0" * 16})
     with pytest.raises(LookupError, match="text sets"):
         results.read("98", **SETTINGS)
+
+
+def test_publish_copies_a_checked_record_into_the_committed_ones(cache, tmp_path):
+    results.record("98", SETTINGS, ppl={"RTN": 30.5})
+    out = results.publish("98", tmp_path / "committed")
+    assert json.loads(out.read_text())["values"]["ppl"] == {"RTN": 30.5}
+    results.path("97").parent.mkdir(parents=True, exist_ok=True)
+    results.path("97").write_text("{")
+    with pytest.raises(LookupError, match="corrupt"):
+        results.publish("97", tmp_path / "committed")
