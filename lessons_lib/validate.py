@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Iterable
 
 import torch
@@ -123,12 +124,25 @@ def token_ids(x, name: str = "windows", min_length: int = 1, todo: str = "") -> 
     return x
 
 
+def quiet() -> bool:
+    """True where progress bars must not be drawn: TQDM_DISABLE=1, as `make test` and `make execute` set (stored notebook
+    outputs then hold no frozen bars); a learner in `make lab` sees them."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def progress(x, name: str = "progress") -> dict:
-    """tqdm's keywords for an optional progress flag: None keeps tqdm's default (off where TQDM_DISABLE=1, as
-    `make test` and `make execute` set, so stored notebook outputs hold no bars), True/False force it."""
+    """tqdm's keywords for an optional progress flag: None follows quiet() (tqdm's notebook bars ignore TQDM_DISABLE
+    themselves, so the course decides), True/False force it."""
     if x is None:
-        return {}
+        return {"disable": quiet()}
     return {"disable": not flag(x, name)}
+
+
+def progress_bar(iterable, desc: str, progress_flag: bool | None = None):
+    """A tqdm.auto bar over iterable that closes when done and is off where quiet() (see progress)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=text(desc, "desc"), leave=False, **progress(progress_flag, "progress_flag"))
 
 
 def model(x, name: str = "model") -> torch.nn.Module:
