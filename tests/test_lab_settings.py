@@ -37,3 +37,14 @@ def test_lab_installs_the_course_settings_without_news_or_update_check():
     lab = recipe("lab")
     assert re.search(r"cp jupyter/overrides\.json \S*share/jupyter/lab/settings/overrides\.json", lab)
     assert "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate" in lab
+
+
+def test_library_bars_follow_tqdm_disable_even_in_a_notebook(monkeypatch):
+    """tqdm's notebook bars ignore TQDM_DISABLE, so lessons_lib decides: off for stored outputs, on in the lab."""
+    from lessons_lib import validate
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert validate.quiet() and validate.progress(None) == {"disable": True}
+    assert validate.progress(True) == {"disable": False}  # asked for explicitly
+    monkeypatch.delenv("TQDM_DISABLE")
+    assert not validate.quiet() and validate.progress(None) == {"disable": False}
