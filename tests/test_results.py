@@ -138,3 +138,10 @@ def test_publish_copies_a_checked_record_into_the_committed_ones(cache, tmp_path
     results.path("97").write_text("{")
     with pytest.raises(LookupError, match="corrupt"):
         results.publish("97", tmp_path / "committed")
+
+
+def test_the_fallback_says_when_the_committed_record_used_other_text(cache, monkeypatch):
+    v = results.versions()
+    monkeypatch.setattr(results, "versions", lambda: {**v, "text sets": "f" * 16})
+    _, source = results.read_or_committed("04")
+    assert source.startswith("committed") and "other text sets" in source
