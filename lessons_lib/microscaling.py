@@ -127,12 +127,14 @@ def _check_input(x: torch.Tensor, s: Scheme) -> torch.Tensor:
 def element_codes(y: torch.Tensor, element: str) -> torch.Tensor:
     """Round y (already divided by its scale) to the element format, ties to even, saturating; return bit patterns."""
     f = ELEMENTS[validate.choice(element, "element format", ELEMENTS)]
-    q = f.round(y.clamp(-f.max_finite, f.max_finite))
-    half = 2 ** (f.bits - 1)
-    magnitudes = f.values()[:half]
+    magnitudes = f.values()[: 2 ** (f.bits - 1)]
     magnitudes = magnitudes[~magnitudes.isnan()]  # E4M3FN's pattern 0x7F is NaN
-    code = torch.searchsorted(magnitudes, q.abs().contiguous()).to(torch.uint8)
-    return code | (torch.signbit(y).to(torch.uint8) << (f.bits - 1))  # the sign bit, kept for -0 as the spec does
+    mids = ((magnitudes[1:] + magnitudes[:-1]) / 2).float()  # exact in float32 for these small grids
+    a = y.float().abs().clamp(max=f.max_finite).contiguous()
+    code = torch.bucketize(a, mids)  # the nearest magnitude; a value on a midpoint gets the lower one ...
+    on_mid = (a == mids[code.clamp(max=len(mids) - 1)]) & (code % 2 == 1)
+    code = code + on_mid  # ... unless that code is odd: ties go to the even code (mantissa bit 0)
+    return code.to(torch.uint8) | (torch.signbit(y).to(torch.uint8) << (f.bits - 1))  # sign kept for -0, as the spec does
 
 
 def element_values(codes: torch.Tensor, element: str) -> torch.Tensor:

@@ -143,3 +143,10 @@ def test_bad_input_is_refused_with_what_is_allowed():
         mx.encode(x, "mxfp4", tensor_scale=1.0)
     with pytest.raises(validate.BadInput, match="floating-point"):
         mx.encode(torch.ones(1, 32, dtype=torch.int32), "mxfp4")
+
+
+def test_ties_round_to_the_even_code():
+    y = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.75, 7.0])
+    assert mx.element_values(mx.element_codes(y, "e2m1"), "e2m1").tolist() == [0, 1, 1, 2, 2, 4, 4, -1, 6]
+    e4m3 = mx.element_codes(torch.tensor([1.0625, 1.1875, 500.0]), "e4m3")  # midpoints of 1, 1.125, 1.25; saturation
+    assert torch.equal(e4m3.view(torch.float8_e4m3fn).float(), torch.tensor([1.0625, 1.1875, 500.0]).to(torch.float8_e4m3fn).float())
