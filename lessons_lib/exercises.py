@@ -158,7 +158,7 @@ EXERCISES: dict[str, Exercise] = {
         "Bytes = weights x 0.5; time = bytes / (4800e9 bytes/s); multiply by 1e6 for microseconds.",
     ),
     "08b.w4a16_gemv_bytes": Exercise(
-        "Bytes the W4A16 kernel must move at batch 1 for Llama-3-8B's gate_proj (14336 x 4096): 4-bit codes, a 16-bit "
+        "Bytes the W4A16 kernel must move at batch 1 for Llama-3-8B's MLP gate projection (14336 x 4096): 4-bit codes, a 16-bit "
         "scale and a 16-bit zero per group of 128 inputs, bf16 input vector read and bf16 output written, each once.",
         lambda: _gemv().gemv_bytes("w4a16", 1, 14336, 4096, 128), 1e-6,
         "Codes: 14336 x 4096 / 2 bytes; scales and zeros: 14336 x (4096 / 128) x 2 values x 2 bytes; x: 4096 x 2; "
@@ -185,6 +185,17 @@ EXERCISES: dict[str, Exercise] = {
         lambda: hw.gpu("H100 SXM").bandwidth_gbs / hw.gpu("A100 80GB").bandwidth_gbs, 1e-3,
         "INT8 and FP8 are both one byte per weight, so only the bandwidth changes (datasheets, lessons_lib/resources/gpus.csv).",
     ),
+    "07b.nvfp4_70b_gb": Exercise(
+        "GB (1e9 bytes) for all of Llama-3-70B's parameters in NVFP4, every block scale counted (tensor scales amortised).",
+        lambda: hw.LLAMA3_70B.parameters * _microscaling().bits_per_weight("nvfp4") / 8 / 1e9, 0.005,
+        "4 bits per element plus one 8-bit E4M3 scale per 16 elements: bits per weight x parameters / 8.",
+    ),
+    "07b.q4_k_bits": Exercise(
+        "Bits per weight of GGUF's Q4_K: a super-block of 256 weights holds 128 bytes of 4-bit codes, 12 bytes of 6-bit "
+        "sub-block scales and minimums, and two FP16 super-block scales.",
+        lambda: _kquants().bits_per_weight("Q4_K"), 1e-9,
+        "Count the bytes of one super-block (128 + 12 + 2 + 2), times 8, divided by 256.",
+    ),
 }
 
 
@@ -196,6 +207,46 @@ def _folded_norm_weight(weight: float, scale: float) -> float:
     norm.weight.data.fill_(weight)
     awq.fold_scales(awq.Mapping("norm", norm, [lin], lin), torch.tensor([scale]))
     return norm.weight.item()
+
+
+def _microscaling():
+    """lessons_lib.microscaling, imported when an exercise needs it."""
+    from . import microscaling  # noqa: PLC0415
+
+    return microscaling
+
+
+def _kquants():
+    """lessons_lib.kquants, imported when an exercise needs it."""
+    from . import kquants  # noqa: PLC0415
+
+    return kquants
+
+
+def _mxfp4_inputs(gen: torch.Generator) -> tuple:
+    n, blocks = int(torch.randint(2, 7, (1,), generator=gen)), int(torch.randint(1, 4, (1,), generator=gen))
+    packed = torch.randint(0, 256, (n, blocks * 16), generator=gen).to(torch.uint8)
+    return packed, torch.randint(118, 134, (n, blocks), generator=gen).to(torch.uint8)
+
+
+def _mxfp4_reference(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The library's MXFP4 decode of pairs-packed codes and E8M0 scale bytes."""
+    mx = _microscaling()
+    return mx.decode(mx.Encoded(mx.FORMATS["mxfp4"], mx.unpack_bits(packed, 4), scales))
+
+
+def _mxfp4_diagnose(args: tuple, got: torch.Tensor, expected: torch.Tensor) -> str:
+    """Name the usual slips of MXFP4 decoding, else the first element that differs."""
+    packed, scales = args
+    swapped = ((packed & 0xF) << 4 | packed >> 4).to(torch.uint8)
+    if torch.allclose(got, _mxfp4_reference(swapped, scales)):
+        return "the two codes of each byte are swapped: the low nibble holds the even element"
+    if torch.allclose(got.abs(), expected.abs()):
+        return "the signs are off: bit 3 of each code is the sign"
+    if torch.allclose(got, _mxfp4_reference(packed, scales) * 2.0**127) or torch.allclose(got, expected * 2):
+        return "the scale exponent is off: an E8M0 byte b means 2**(b - 127)"
+    i = divmod(int((got - expected).abs().flatten().argmax()), expected.shape[1])
+    return f"element {list(i)} is {got[i].item():.4g}, expected {expected[i].item():.4g}"
 
 
 def _gemv():
@@ -236,6 +287,14 @@ def _int4_diagnose(args: tuple, got: torch.Tensor, expected: torch.Tensor) -> st
 
 
 CODE_EXERCISES: dict[str, CodeExercise] = {
+    "07b.decode_mxfp4": CodeExercise(
+        "Write decode_mxfp4(packed, scales) -> float32 [rows, 32 x blocks]: packed is uint8 [rows, 16 x blocks] (element "
+        "2j in the low nibble, 2j + 1 in the high one; each nibble an E2M1 code: sign, 2 exponent bits, 1 mantissa bit), "
+        "scales is uint8 [rows, blocks] of E8M0 bytes, one per 32 elements.",
+        _mxfp4_reference, _mxfp4_inputs, _mxfp4_diagnose,
+        "E2M1 magnitudes by code & 7: [0, 0.5, 1, 1.5, 2, 3, 4, 6]; code & 8 is the sign; an E8M0 byte b is 2**(b - 127); "
+        "repeat each block's scale 32 times along the row (repeat_interleave).",
+    ),
     "08b.dequantize_int4": CodeExercise(
         "Write dequantize(packed, scale, zero, group_size) -> float32 [out, in]: packed is uint8 [out, in / 2] (column "
         "2j in the high nibble, 2j + 1 in the low one), scale and zero are [out, in / group_size], w = (q - 8) * scale "
