@@ -9,28 +9,39 @@ from . import validate
 from .kernels import FORMATS
 
 
+# Formats planned from their bits alone (lesson 07b): FP4 checkpoints, which run on FP4 tensor cores where the GPU
+# has them (compute capability >= 10) and as W4A16 elsewhere (hardware.default_compute). No kernel of the course
+# (kernels.FORMATS) runs them, so no efficiency is measured for them: their expected time is their floor.
+PLANNED_FORMATS = ("nvfp4", "mxfp4")
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """One way to serve the model: weight format (a kernels.FORMATS name) on n GPUs of one kind."""
+    """One way to serve the model: weight format (a kernels.FORMATS name, or one of PLANNED_FORMATS) on n GPUs of
+    one kind."""
 
     fmt: str
     gpu: str
     n_gpus: int
 
     def __post_init__(self):
-        validate.choice(self.fmt, "format", FORMATS, "use a kernels.FORMATS name such as 'fp8_w8a8'")
+        validate.choice(self.fmt, "format", [*FORMATS, *PLANNED_FORMATS],
+                        "use a kernels.FORMATS name such as 'fp8_w8a8', or 'nvfp4' / 'mxfp4'")
         hw.gpu(self.gpu)  # an unknown GPU is named with the table's list
         if isinstance(self.n_gpus, bool) or not isinstance(self.n_gpus, int) or self.n_gpus < 1:
             raise validate.BadInput(f"n_gpus must be a whole number >= 1 (GPUs are rented whole), got {self.n_gpus!r}")
 
     @property
     def storage(self) -> str:
-        """What the planner counts per weight (int4, fp8, ...): the format's storage type."""
-        return FORMATS[self.fmt].storage
+        """What the planner counts per weight (int4, fp8, nvfp4, ...): the format's storage type."""
+        return self.fmt if self.fmt in PLANNED_FORMATS else FORMATS[self.fmt].storage
 
     @property
     def compute(self) -> str:
-        """The dtype its matmuls run in on a GPU (int4_weight_only: bf16, W4A16), for the planner's compute floor."""
+        """The dtype its matmuls run in on a GPU (int4_weight_only: bf16, W4A16; nvfp4: nvfp4 on a B200, fp16 on a
+        GPU without FP4 tensor cores), for the planner's compute floor."""
+        if self.fmt in PLANNED_FORMATS:
+            return hw.default_compute(self.fmt, hw.gpu(self.gpu))
         return FORMATS[self.fmt].computes_in[0]
 
     @property
@@ -134,11 +145,26 @@ def draw_flow(ax, rows: list[dict] | None = None) -> None:
 # On-demand $/GPU-hour, midpoints of the "specialty provider" ranges in Mercatus' cloud GPU pricing guide (May 2026,
 # https://www.mercatus-ai.com/blog/cloud-gpu-pricing): A100 80GB $1.10-1.50, H100 SXM5 $2.50-3.50, H200 $3.50-4.50.
 # Prices move: put your own in the lesson's parameters cell.
-PRICES = {"A100 80GB": 1.30, "H100 SXM": 3.00, "H200": 4.00}
+# B200: the midpoint of the $4.50-6.00 on-demand range on specialised clouds in Lyceum's B200 pricing guide (March
+# 2026, https://lyceum.technology/magazine/nvidia-b200-gpu-cloud-pricing-2026/).
+PRICES = {"A100 80GB": 1.30, "H100 SXM": 3.00, "H200": 4.00, "B200": 5.25}
 
 # Course format -> the lessons' perplexity entry that measures it (the best method of each, same evaluation set).
 FORMAT_RESULTS = {"int8_w8a8": ("06", "SmoothQuant W8A8"), "fp8_w8a8": ("07", "ours FP8 W8A8 (_scaled_mm)"),
                   "int4_weight_only": ("04/05", "best of GPTQ and AWQ W4"), "nf4": ("03", "NF4")}
+
+
+# Formats with no recorded quality cost on the course's evaluation set, and the recorded format shown in their place
+# (always labelled as a stand-in): NVFP4, like NF4, rounds each weight to the nearest of a few non-uniform 4-bit
+# levels under a per-block absmax scale, weights only measured (B200 runs NVFP4 activations too: that costs more).
+STAND_INS = {"nvfp4": "nf4"}
+
+
+def with_stand_ins(quality: dict[str, float]) -> dict[str, float]:
+    """quality_costs(...) plus each STAND_INS format at its stand-in's cost: a borrowed number, to be shown as one."""
+    if not isinstance(quality, dict) or any(like not in quality for like in STAND_INS.values()):
+        raise validate.BadInput(f"quality must be decide.quality_costs(...), with {sorted(set(STAND_INS.values()))}")
+    return {**quality, **{fmt: quality[like] for fmt, like in STAND_INS.items() if fmt not in quality}}
 
 
 QUALITY_MEASURES = {

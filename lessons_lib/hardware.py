@@ -6,24 +6,34 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from . import bench, resource, validate
+from . import bench, microscaling, resource, validate
 from .quantize import storage_bits
 
 GPU_TABLE = resource("gpus.csv")  # datasheet rows, each with its source
 HOURS_PER_MONTH = 730.0  # 365 * 24 / 12
+# Microscaling formats (lesson 07b): element codes with one shared scale per block, defined in microscaling.FORMATS.
+MICROSCALING = ("nvfp4", "mxfp4", "mxfp8")
 # Bytes per weight of each storage format, before scales; 4-bit formats pack two weights per byte.
-BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "nf4": 0.5, "fp4": 0.5}
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5, "nf4": 0.5, "fp4": 0.5,
+                    **{f: microscaling.FORMATS[f].element_format.bits / 8 for f in MICROSCALING}}
 # Which tensor-core rate column a matmul in each format uses: "int4" is INT4 x INT4 (W4A4), nf4 computes in fp16.
 RATE_COLUMN = {"fp32": "fp32_tflops", "fp16": "fp16_tflops", "bf16": "bf16_tflops", "fp8": "fp8_tflops",
-               "int8": "int8_tops", "int4": "int4_tops", "fp4": "fp4_tflops", "nf4": "fp16_tflops"}
+               "int8": "int8_tops", "int4": "int4_tops", "fp4": "fp4_tflops", "nf4": "fp16_tflops",
+               "nvfp4": "fp4_tflops", "mxfp4": "fp4_tflops", "mxfp8": "fp8_tflops"}
 # The matmul a stored format runs by default. Weight-only 4-bit (W4A16: GPTQ, AWQ, NF4 checkpoints) unpacks its
 # weights to the activation dtype and multiplies on FP16/BF16 tensor cores: INT4 TOPS apply to W4A4 only
 # (plan(..., compute="int4")). int8 and fp8 default to W8A8 (both operands 8-bit).
 COMPUTES_IN = {"int4": "fp16", "nf4": "fp16"}
+# An FP4 checkpoint (NVFP4, MXFP4) runs W4A4 on FP4 tensor cores where the GPU has them, and elsewhere as W4A16: the
+# weights are dequantized to 16 bits in the kernel, as vLLM's Marlin FP4 kernel does "for GPUs that lack FP4 hardware
+# support" (docs.vllm.ai, vllm.model_executor.layers.quantization.utils.marlin_utils_fp4.apply_fp4_marlin_linear).
+FP4_FALLBACK = {"nvfp4": "fp16", "mxfp4": "fp16"}
 
-
-# Formats whose matmuls need their own tensor cores: planning them on a GPU without those is refused.
-NEEDS_TENSOR_CORES = ("fp8", "fp4")
+# Formats whose matmuls need their own tensor cores: (the tensor_formats entry they need, least compute capability).
+# Block-scaled matmuls (MX, NVFP4) are Blackwell's (10.0 data centre, 12.0 GeForce): Hopper's FP8 MMA takes no block
+# scales. Planning them on a GPU without those is refused.
+NEEDS_TENSOR_CORES = {"fp8": ("fp8", 8.9), "fp4": ("fp4", 10.0), "nvfp4": ("fp4", 10.0), "mxfp4": ("fp4", 10.0),
+                      "mxfp8": ("fp8", 10.0)}
 
 
 def _check_format(fmt: str) -> str:
@@ -61,13 +71,37 @@ def _check_shape(shape) -> "ModelShape":
     return shape
 
 
+def has_tensor_cores(gpu_: "GPU", fmt: str) -> bool:
+    """Whether this GPU's tensor cores multiply `fmt` directly (formats outside NEEDS_TENSOR_CORES: always)."""
+    _check_gpu(gpu_)
+    if _check_format(fmt) not in NEEDS_TENSOR_CORES:
+        return True
+    needs, least_cc = NEEDS_TENSOR_CORES[fmt]
+    return needs in gpu_.tensor_formats and gpu_.compute_capability >= least_cc
+
+
 def check_runs_on(gpu_: "GPU", fmt: str) -> None:
-    """Refuse a format whose matmuls need tensor cores this GPU does not have (FP8 before compute capability 8.9)."""
-    if fmt in NEEDS_TENSOR_CORES and fmt not in _check_gpu(gpu_).tensor_formats:
+    """Refuse a format whose matmuls need tensor cores this GPU does not have (FP8 before compute capability 8.9,
+    FP4 and MX before 10.0)."""
+    if not has_tensor_cores(gpu_, fmt):
+        needs, least_cc = NEEDS_TENSOR_CORES[fmt]
+        fallback = (f", or leave compute out: {fmt} weights then run as W4A16 (dequantized to 16 bits, as vLLM's "
+                    f"Marlin FP4 kernel does)") if fmt in FP4_FALLBACK else ""
         raise validate.BadInput(
             f"{gpu_.name} (compute capability {gpu_.compute_capability}) has no {fmt.upper()} tensor cores (its "
-            f"tensor cores run {' '.join(gpu_.tensor_formats)}): plan int8 or fp16 on it, or pick a GPU that lists "
-            f"{fmt} (hardware.gpu_names(); FP8 needs compute capability 8.9 or more)")
+            f"tensor cores run {' '.join(gpu_.tensor_formats)}): plan int8 or fp16 on it{fallback}, or pick a GPU "
+            f"that lists {needs} with compute capability {least_cc} or more (hardware.gpu_names())")
+
+
+def default_compute(fmt: str, gpu_: "GPU") -> str:
+    """The matmul dtype a stored format runs in on this GPU: COMPUTES_IN (W4A16) for int4 and nf4; NVFP4 / MXFP4 on
+    FP4 tensor cores where the GPU has them, else FP4_FALLBACK (W4A16); every other format in itself."""
+    fmt = _check_format(fmt)
+    if fmt in COMPUTES_IN:
+        return COMPUTES_IN[fmt]
+    if fmt in FP4_FALLBACK and not has_tensor_cores(gpu_, fmt):
+        return FP4_FALLBACK[fmt]
+    return fmt
 
 
 @dataclass(frozen=True)
@@ -144,8 +178,8 @@ class ModelShape:
         return self.layers * per_layer + embeddings + self.hidden
 
     def kv_bytes_per_token(self, fmt: str = "fp16") -> float:
-        """Bytes of K and V cached per token, over all layers."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * BYTES_PER_WEIGHT[_check_format(fmt)]
+        """Bytes of K and V cached per token, over all layers (microscaling formats with their block scales)."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * _bytes_per_value(fmt)
 
 
 # Shapes from each model's published config.json on the Hugging Face hub.
@@ -176,12 +210,26 @@ def shape_of(model) -> ModelShape:
 
 
 def format_bits_per_weight(fmt: str, group_size: int | None = None, scale_bits: int = 16, zero_bits: int = 0) -> float:
-    """Storage bits per weight of a format (quantize.storage_bits), with one scale per group of `group_size` weights."""
+    """Storage bits per weight of a format (quantize.storage_bits), with one scale per group of `group_size` weights.
+
+    Microscaling formats fix their blocks and scales: microscaling.bits_per_weight counts them (NVFP4 4.5: an E4M3
+    scale per 16 weights, its FP32 tensor scale amortised; MXFP4 4.25: an E8M0 scale per 32)."""
     if group_size is not None and (isinstance(group_size, bool) or not (isinstance(group_size, int) and group_size > 0)):
         raise validate.BadInput(f"group_size must be a positive integer, got {group_size!r}")
     validate.integer(scale_bits, "scale_bits", lo=0, hi=64)
     validate.integer(zero_bits, "zero_bits", lo=0, hi=64)
-    return storage_bits(8 * BYTES_PER_WEIGHT[_check_format(fmt)], group_size, scale_bits, zero_bits)
+    if _check_format(fmt) in MICROSCALING:
+        block = microscaling.FORMATS[fmt].block
+        if group_size not in (None, block) or (scale_bits, zero_bits) != (16, 0):
+            raise validate.BadInput(f"{fmt} fixes its blocks ({block} weights) and scale format: leave group_size, "
+                                    f"scale_bits and zero_bits out")
+        return microscaling.bits_per_weight(fmt)
+    return storage_bits(8 * BYTES_PER_WEIGHT[fmt], group_size, scale_bits, zero_bits)
+
+
+def _bytes_per_value(fmt: str) -> float:
+    """Bytes per stored value: BYTES_PER_WEIGHT, and for microscaling formats their block scales too."""
+    return format_bits_per_weight(fmt) / 8 if _check_format(fmt) in MICROSCALING else BYTES_PER_WEIGHT[fmt]
 
 
 def weight_bytes(parameters: float, fmt: str, group_size: int | None = None) -> float:
@@ -211,7 +259,7 @@ def gemm_intensity(m: int, n: int, k: int, weight_fmt: str = "fp16", act_bytes: 
     """Arithmetic intensity (FLOP per byte moved) of [m,k] @ [k,n] with `weight_fmt` weights (bench's byte model)."""
     _check_count(m=m, n=n, k=k)
     _check_positive(act_bytes=act_bytes)
-    weights = k * n * BYTES_PER_WEIGHT[_check_format(weight_fmt)]
+    weights = k * n * _bytes_per_value(weight_fmt)
     return bench.arithmetic_intensity(bench.gemm_flops(m, n, k), bench.gemm_bytes(m, n, k, weights, act_bytes, act_bytes))
 
 
@@ -332,7 +380,8 @@ def plan(shape: ModelShape, fmt: str, gpu_name: str, n_gpus: int | None = None, 
     tokens, rounded up to a tensor-parallel size the model's heads allow (gpus_for_tensor_parallel). A given
     n_gpus that is no valid size runs as tensor parallel x pipeline stages (parallel_layout): stages run one
     after another for each token, so only the tensor-parallel GPUs' bandwidth shortens a step. `compute` is the
-    matmul's dtype (default COMPUTES_IN: W4A16 on fp16 tensor cores; "int4" for W4A4). The floor assumes perfect
+    matmul's dtype (default default_compute: W4A16 on fp16 tensor cores for int4 and nf4, and for NVFP4 / MXFP4 on
+    a GPU without FP4 tensor cores; "int4" for W4A4). The floor assumes perfect
     tensor parallelism and full datasheet bandwidth: real kernels reach less.
     """
     if not isinstance(shape, ModelShape):
@@ -346,9 +395,10 @@ def plan(shape: ModelShape, fmt: str, gpu_name: str, n_gpus: int | None = None, 
     _check_positive(usd_per_gpu_hour=usd_per_gpu_hour)
     _check_fraction(usable_fraction)
     explicit = compute is not None
-    compute = _check_format(compute) if explicit else COMPUTES_IN.get(fmt, fmt)
     g = gpu(gpu_name)
-    check_runs_on(g, fmt)
+    compute = _check_format(compute) if explicit else default_compute(fmt, g)
+    if fmt not in FP4_FALLBACK:  # FP4 weights are stored on any GPU (FP4_FALLBACK computes them in 16 bits)
+        check_runs_on(g, fmt)
     check_runs_on(g, compute)
     w = weight_bytes(shape.parameters, fmt, group_size)
     kv = batch * context * shape.kv_bytes_per_token(kv_fmt)

@@ -102,3 +102,19 @@ def test_production_efficiency_scales_bf16_by_published_ratios():
     assert decide.course_choice("production") in {c.label for c in decide.CANDIDATES_70B}
     with pytest.raises(ValueError, match="bf16"):
         decide.production_efficiency({"fp8_w8a8": 0.3})
+
+
+def test_b200_nvfp4_candidate_plans_fp4_compute_and_w4a16_elsewhere():
+    b200, h100 = decide.Candidate("nvfp4", "B200", 1), decide.Candidate("nvfp4", "H100 SXM", 1)
+    assert b200.storage == h100.storage == "nvfp4" and (b200.compute, h100.compute) == ("nvfp4", "fp16")
+    assert b200.label == "1x B200 nvfp4"
+    with pytest.raises(ValueError, match="unknown format 'nvfp5'.*nvfp4"):
+        decide.Candidate("nvfp5", "B200", 1)
+    quality = decide.with_stand_ins(QUALITY)
+    assert quality["nvfp4"] == QUALITY[decide.STAND_INS["nvfp4"]] and "nvfp4" not in QUALITY
+    r = decide.assess(hw.LLAMA3_70B, b200, quality, {**PRICES, "B200": decide.PRICES["B200"]})
+    assert r["weights GB"] == pytest.approx(hw.LLAMA3_70B.parameters * 4.5 / 8e9)
+    assert r["expected ms"] == r["floor ms"]  # no FP4 kernel measured: no efficiency to divide by
+    assert decide.rejected_by(r) == "accurate_enough"  # NF4's 30% here
+    with pytest.raises(ValueError, match="quality must be"):
+        decide.with_stand_ins({"bf16": 0.0})

@@ -123,3 +123,52 @@ def test_weight_only_int4_computes_on_fp16_tensor_cores():
     with pytest.raises(ValueError, match="no INT4|lists no int4_tops"):  # Hopper has no INT4 tensor cores
         hw.plan(hw.LLAMA3_8B, "int4", "H100 SXM", compute="int4", **kw)
     assert hw.plan(hw.LLAMA3_8B, "int4", "H100 SXM", **kw).bound == "compute"  # W4A16 runs on H100's FP16 rate
+
+
+def test_blackwell_rows_load_with_their_fp4_rates():
+    b200, rtx = hw.gpu("B200"), hw.gpu("RTX 5090")
+    assert b200.compute_capability == 10.0 and b200.memory_gb == 180 and b200.rates["fp4_tflops"] == 9000
+    assert rtx.compute_capability == 12.0 and rtx.memory_gb == 32 and rtx.bandwidth_gbs == 1792
+    assert rtx.rates["fp4_tflops"] == 3352 / 2  # the product page's sparse AI TOPS, halved
+    assert rtx.rates["bf16_tflops"] is None  # not verified: left empty, never guessed
+    for g in (b200, rtx):
+        assert "fp4" in g.tensor_formats and g.source.startswith("https://www.nvidia.com/")
+
+
+def test_microscaling_bits_come_from_one_definition():
+    from lessons_lib import microscaling
+
+    for fmt in ("nvfp4", "mxfp4", "mxfp8"):
+        assert hw.format_bits_per_weight(fmt) == microscaling.bits_per_weight(fmt), fmt
+    assert (hw.format_bits_per_weight("nvfp4"), hw.format_bits_per_weight("mxfp4")) == (4.5, 4.25)
+    assert hw.weight_bytes(1e9, "nvfp4") == 4.5e9 / 8
+    assert hw.LLAMA3_70B.kv_bytes_per_token("mxfp4") == 2 * 80 * 8 * 128 * 4.25 / 8
+    with pytest.raises(ValueError, match="fixes its blocks"):
+        hw.format_bits_per_weight("nvfp4", 32)
+
+
+def test_fp4_compute_needs_blackwell_and_falls_back_to_w4a16():
+    kw = dict(n_gpus=1, batch=4096, context=16)
+    for name in ("H100 SXM", "A100 80GB", "H200"):
+        with pytest.raises(ValueError, match="no NVFP4 tensor cores.*W4A16"):
+            hw.plan(hw.LLAMA3_8B, "nvfp4", name, compute="nvfp4", **kw)
+        assert hw.default_compute("nvfp4", hw.gpu(name)) == "fp16"
+        w4a16 = hw.plan(hw.LLAMA3_8B, "nvfp4", name, **kw)  # stored in 4.5 bits, multiplied in 16
+        fp16 = hw.plan(hw.LLAMA3_8B, "fp16", name, **kw)
+        assert w4a16.bound == "compute" and math.isclose(w4a16.step_ms, fp16.step_ms)
+        assert w4a16.weights_gb == pytest.approx(fp16.weights_gb * 4.5 / 16)
+    with pytest.raises(ValueError, match="no MXFP8 tensor cores"):  # Hopper's FP8 tensor cores take no block scales
+        hw.plan(hw.LLAMA3_8B, "mxfp8", "H100 SXM", **kw)
+    for name in ("B200", "RTX 5090"):
+        assert hw.default_compute("nvfp4", hw.gpu(name)) == "nvfp4" and hw.has_tensor_cores(hw.gpu(name), "mxfp4")
+    fp4 = hw.plan(hw.LLAMA3_8B, "nvfp4", "B200", **kw)
+    fp8 = hw.plan(hw.LLAMA3_8B, "fp8", "B200", **kw)
+    assert fp4.bound == fp8.bound == "compute" and math.isclose(fp8.step_ms / fp4.step_ms, 9000 / 4500)
+    assert hw.gpu("B200").peak_flops("nvfp4") == 9000e12
+
+
+def test_unknown_formats_are_refused_with_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"unknown format 'nvfp3'.*'mxfp4'.*'nvfp4'"):
+        hw.plan(hw.LLAMA3_8B, "nvfp3", "B200")
+    with pytest.raises(ValueError, match=r"unknown format 'fp2'.*'nvfp4'"):
+        hw.plan(hw.LLAMA3_8B, "nvfp4", "B200", compute="fp2")
