@@ -119,6 +119,29 @@ def test_fp4_packing_matches_compressed_tensors():
     assert torch.equal(unpack_fp4_from_uint8(mx.packed(enc), *enc.shape, dtype=torch.float32), values)
 
 
+
+def test_nvfp4_checkpoint_saved_by_compressed_tensors_decodes_to_our_values(tmp_path):
+    """llm-compressor's NVFP4 scheme, compressed with our scales, saved, reloaded and decompressed: our values, bit
+    for bit. The tensor scale is a power of two, so compressed-tensors' division by its global scale (1 / ours) is
+    exact; its own scale arithmetic rounds in another order (lesson 07b)."""
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from safetensors.torch import load_file, save_file
+
+    scheme = preset_name_to_scheme("NVFP4", ["Linear"])
+    assert (scheme.weights.group_size, scheme.weights.scale_dtype) == (mx.FORMATS["nvfp4"].block, torch.float8_e4m3fn)
+    w = _x(32, 64, seed=7)
+    ts = 2.0 ** float(torch.ceil(torch.log2(w.abs().max() / (448 * 6))))  # the default tensor scale, rounded up
+    ours = mx.encode(w, "nvfp4", tensor_scale=ts)
+    state = {"weight": w, "weight_scale": ours.scales.view(torch.float8_e4m3fn).float(),
+             "weight_global_scale": torch.tensor([1 / ts])}
+    save_file({k: v.contiguous() for k, v in NVFP4PackedCompressor.compress(state, scheme).items()},
+              tmp_path / "layer.safetensors")
+    stored = load_file(tmp_path / "layer.safetensors")
+    assert torch.equal(stored["weight_packed"], mx.packed(ours))
+    assert torch.equal(stored["weight_scale"].view(torch.uint8), ours.scales)
+    assert torch.equal(NVFP4PackedCompressor.decompress(stored, scheme)["weight"].float(), mx.decode(ours))
+
 def test_emulated_schemes_order_their_errors():
     x = _x(seed=6)
     err = {s: (mx.decode(mx.encode(x, mx.scheme("e2m1", 32, s))) - x).pow(2).mean().item() for s in ("e8m0", "e4m3", "fp32")}
