@@ -98,10 +98,9 @@ def _quiet_lm_eval():
         hf_logging.set_verbosity(hf_level)
 
 
-def lm_eval_text(model_dir: str, docs: list[str], device: str = "cpu") -> dict:
-    """Score docs with lm-eval's loglikelihood_rolling through a local YAML task; return its metrics."""
-    import json
-    import os
+def _lm_eval_local(task: str, rows: list[dict], task_yaml: str, model_dir, device: str, dtype: str,
+                   batch_size: int) -> dict:
+    """Run lm-eval's hf model on `rows` as a local JSON-lines task (its YAML after the data lines); its results."""
     import tempfile
 
     import lm_eval
@@ -109,27 +108,31 @@ def lm_eval_text(model_dir: str, docs: list[str], device: str = "cpu") -> dict:
 
     from .toolkit import _quiet_progress
 
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (folder / f"{task}.yaml").write_text(f"task: {task}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+                                             f"    test: {folder / f'{task}.jsonl'}\ntest_split: test\n" + task_yaml)
+        with _quiet_lm_eval(), _quiet_progress():
+            out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype={dtype}",
+                                          tasks=[task], task_manager=TaskManager(include_path=str(folder)),
+                                          device=device, batch_size=batch_size)
+    return out["results"][task]
+
+
+def lm_eval_text(model_dir: str, docs: list[str], device: str = "cpu") -> dict:
+    """Score docs with lm-eval's loglikelihood_rolling through a local YAML task; return its metrics."""
     docs = _docs(docs)
     if not isinstance(model_dir, (str, Path)) or not (Path(model_dir) / "config.json").is_file():
         raise validate.BadInput(f"model_dir must be a saved model folder (with config.json), such as "
                                 f"str(models.offline_checkpoint()); got {model_dir!r}")
     device = str(validate.device(device))
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-        (folder / "qht_text.yaml").write_text(
-            "task: qht_text\ndataset_path: json\n"
-            f"dataset_kwargs:\n  data_files:\n    test: {folder / 'docs.jsonl'}\n"
-            "test_split: test\noutput_type: loglikelihood_rolling\n"
-            'doc_to_text: ""\ndoc_to_target: "{{text}}"\n'
-            "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
-        )
-        with _quiet_lm_eval(), _quiet_progress():
-            out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32",
-                                          tasks=["qht_text"], task_manager=TaskManager(include_path=str(folder)),
-                                          device=device, batch_size=1)
-    metrics = out["results"]["qht_text"]
+    metrics = _lm_eval_local(
+        "qht_text", [{"text": d} for d in docs],
+        'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
+        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n",
+        model_dir, device, "float32", 1)
     return {k.split(",")[0]: v for k, v in metrics.items() if k.endswith(",none") and "stderr" not in k}
 
 
@@ -468,11 +471,6 @@ def lm_eval_cloze(model_dir: str, items: list[dict], device: str = "cpu", dtype:
                   batch_size: int = 8) -> dict:
     """Accuracy on a last-word task (data.cloze_items) through lm-eval, as its LAMBADA task scores it: an item counts
     when greedy decoding after the context gives exactly the target; returns acc, its standard error, perplexity, n."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    from .toolkit import _quiet_progress
-
     if not isinstance(items, list) or not items or not all(isinstance(i, dict) and {"context", "target"} <= set(i)
                                                            for i in items):
         raise validate.BadInput("items must be a non-empty list of {'context', 'target'} dicts: data.cloze_items('test')")
@@ -481,26 +479,12 @@ def lm_eval_cloze(model_dir: str, items: list[dict], device: str = "cpu", dtype:
                                 f"str(models.offline_checkpoint()); got {model_dir!r}")
     device = str(validate.device(device))
     dtype = validate.choice(dtype, "dtype", ("float32", "bfloat16", "float16"))
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        (folder / "items.jsonl").write_text("".join(json.dumps({"context": i["context"], "target": i["target"]}) + "\n"
-                                                    for i in items))
-        (folder / "qht_cloze.yaml").write_text(
-            "task: qht_cloze\ndataset_path: json\n"
-            f"dataset_kwargs:\n  data_files:\n    test: {folder / 'items.jsonl'}\n"
-            "test_split: test\noutput_type: loglikelihood\n"
-            'doc_to_text: "{{context}}"\ndoc_to_target: "{{target}}"\n'
-            "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n"
-            "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-        )
-        with _quiet_lm_eval(), _quiet_progress():
-            out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype={dtype}",
-                                          tasks=["qht_cloze"], task_manager=TaskManager(include_path=str(folder)),
-                                          device=device, batch_size=batch_size)
-    m = out["results"]["qht_cloze"]
+    m = _lm_eval_local(
+        "qht_cloze", [{"context": i["context"], "target": i["target"]} for i in items],
+        'output_type: loglikelihood\ndoc_to_text: "{{context}}"\ndoc_to_target: "{{target}}"\n'
+        "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n"
+        "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n",
+        model_dir, device, dtype, batch_size)
     return {"acc": m["acc,none"], "acc_stderr": m["acc_stderr,none"], "perplexity": m["perplexity,none"], "n": len(items)}
 
 

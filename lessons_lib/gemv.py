@@ -12,7 +12,6 @@ check, far too slow to time.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import os
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ try:
 except ImportError as e:  # the GPU lane brings its own Triton; the CPU lane pins one for the interpreter
     raise ImportError("lesson 08b needs Triton: `pip install triton==3.9.0` (CPU lane, for its interpreter; a "
                       "286 MB wheel), or the Triton that comes with a CUDA build of torch") from e
+
+from . import kernels  # noqa: E402  (after TRITON_INTERPRET is set)
 
 ACT_DTYPES = (torch.bfloat16, torch.float16)  # the A16 of W4A16
 TOLERANCE = 1e-2  # relative error against float32 on the same dequantized weight (16-bit output rounding)
@@ -265,17 +266,8 @@ class W4A16:
         return _launch(w4a16_kernel, x.contiguous(), self.out_features, self.in_features, cfg,
                        (self.packed, self.scale, self.zero), (self.group_size,))
 
-    @property
-    def nbytes(self) -> int:
-        """Stored bytes: packed codes plus scales and zeros."""
-        return sum(getattr(self, t).numel() * getattr(self, t).element_size() for t in self.tensor_names)
-
-    def clone(self) -> W4A16:
-        """A copy with its own storage (to rotate among copies bigger than the cache)."""
-        new = copy.copy(self)
-        for t in self.tensor_names:
-            setattr(new, t, getattr(self, t).clone())
-        return new
+    nbytes = kernels.QuantWeight.nbytes  # stored bytes of tensor_names: packed codes plus scales and zeros
+    clone = kernels.QuantWeight.clone  # a copy with its own storage (to rotate among copies bigger than the cache)
 
 
 class FP8:
@@ -338,8 +330,6 @@ def weight_for(kind: str, w: torch.Tensor, group_size: int = 128):
     kind "w4a16": the int4_weight_only codes, scales and zeros; "fp8": the fp8_w8a8 e4m3 codes and row scales
     (its activation quantization is not used: this kernel takes 16-bit activations).
     """
-    from . import kernels  # noqa: PLC0415
-
     if kind == "w4a16":
         return W4A16.from_int4(kernels.quantize("int4_weight_only", w, group_size=group_size, keep_codes=True))
     if kind == "fp8":
@@ -349,13 +339,10 @@ def weight_for(kind: str, w: torch.Tensor, group_size: int = 128):
 
 def swap_linears(model: torch.nn.Module, kind: str, group_size: int = 128, skip: tuple = ()) -> dict:
     """Put every decoder nn.Linear of the model on a Triton kernel in place; return the originals (restore_linears)."""
-    from . import kernels  # noqa: PLC0415
-
     originals = kernels.decoder_linears(model, skip)
     for name, lin in originals.items():
-        parent, _, child = name.rpartition(".")
-        module = kernels.QuantLinear(weight_for(kind, lin.weight.detach(), group_size), lin.bias)
-        setattr(model.get_submodule(parent) if parent else model, child, module)
+        kernels._set_module(model, name, kernels.QuantLinear(weight_for(kind, lin.weight.detach(), group_size),
+                                                             lin.bias))
     return originals
 
 

@@ -1,10 +1,7 @@
-"""Weight formats on real kernels: y = x @ W.T with W ([out, in], like nn.Linear) stored in 8 formats.
+"""Weight formats on real kernels: y = x @ W.T, W [out, in] stored in 8 formats, one FORMATS entry each.
 
-FORMATS holds one `Format` entry per format (fp32, bf16, fp16, int8_weight_only, int8_w8a8, int4_weight_only, nf4,
-fp8_w8a8): its bits, tolerance, which torch kernel runs, when it cannot run and how it is built; adding a format means
-adding one entry. quantize(fmt, w) prepares a weight, raising UnsupportedKernel with the reason before any kernel is
-touched; calling the result on x runs the kernel, and reference(x) computes the same product in float32 from the
-dequantized operands, so relative_error() checks the kernel itself. lessons_lib.probing tries every entry on a device.
+quantize(fmt, w) refuses what cannot run (UnsupportedKernel, saying why); qw(x) runs the kernel and qw.reference(x)
+the same product in float32 from the dequantized operands. lessons_lib.probing tries every entry on a device.
 """
 from __future__ import annotations
 
@@ -20,8 +17,7 @@ from . import fp8
 from .models import decoder_linears
 from .quantize import check_float, quantize_rtn
 
-# Names this module used before; an old name is refused with the new one.
-RENAMED = {"int8_wo": "int8_weight_only", "int4_wo": "int4_weight_only", "fp8": "fp8_w8a8"}
+RENAMED = {"int8_wo": "int8_weight_only", "int4_wo": "int4_weight_only", "fp8": "fp8_w8a8"}  # old names, refused
 
 
 class UnsupportedKernel(RuntimeError):
@@ -57,11 +53,8 @@ def cpu_flags() -> set[str]:
 
 
 def default_act_dtype(fmt: str, device: str | torch.device) -> torch.dtype:
-    """The activation dtype a format's kernel takes: its own for dense formats, bf16 for the quantized ones.
-
-    bf16 on a CPU too: torch's CPU int8/int4 weight-only kernels are fast with bf16 activations; with fp32
-    activations they measured 30-70x slower here (2048 x 2048, one thread, torch 2.13).
-    """
+    """The activation dtype a format's kernel takes: its own for dense formats, bf16 for the quantized ones."""
+    # bf16 on a CPU too: torch's CPU int8/int4 kernels measured 30-70x slower with fp32 (2048^2, 1 thread, torch 2.13)
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(fmt, torch.bfloat16)
 
 
@@ -79,15 +72,6 @@ def _bnb():
         return None
 
 
-def _round_up(n: int, m: int) -> int:
-    return (n + m - 1) // m * m
-
-
-def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """t with zero rows appended up to `rows` rows (t itself when it has enough)."""
-    return t if t.shape[0] >= rows else F.pad(t, (0, 0, 0, rows - t.shape[0]))
-
-
 # ----------------------------------------------------------------------------------------------- weights
 class QuantWeight:
     """A weight prepared for one kernel. Call it on x [batch, in] to get x @ W.T [batch, out]."""
@@ -98,9 +82,6 @@ class QuantWeight:
     def __init__(self, w: torch.Tensor, act_dtype: torch.dtype):
         self.out_features, self.in_features = w.shape
         self.act_dtype, self.device = act_dtype, w.device
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
     def dequantize(self) -> torch.Tensor:
         """The float32 [out, in] weight the kernel multiplies by."""
@@ -113,7 +94,7 @@ class QuantWeight:
     @property
     def nbytes(self) -> int:
         """Bytes stored for this weight: values plus scales and zero points."""
-        return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in self.tensor_names)
+        return sum(tensor_bytes(getattr(self, n)) for n in self.tensor_names)
 
     def clone(self) -> QuantWeight:
         """A copy with its own storage (to rotate among copies bigger than the cache)."""
@@ -139,12 +120,6 @@ class Dense(QuantWeight):
         return self.w.float()
 
 
-def _int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric int8 (lesson 02's RTN per channel): int8 codes and float32 scales [rows, 1]."""
-    r = quantize_rtn(w.float(), 8, "channel", symmetric=True)
-    return r.q.to(torch.int8), r.scale
-
-
 class Int8WeightOnly(QuantWeight):
     """int8 weight with one scale per output row; activations stay float (torch._weight_int8pack_mm)."""
 
@@ -153,8 +128,8 @@ class Int8WeightOnly(QuantWeight):
 
     def __init__(self, w: torch.Tensor, act_dtype: torch.dtype):
         super().__init__(w, act_dtype)
-        q, scale = _int8_rows(w)
-        self.q, self.scale = q.contiguous(), scale.squeeze(1).to(act_dtype)
+        r = quantize_rtn(w.float(), 8, "channel", symmetric=True)  # lesson 02's RTN per channel
+        self.q, self.scale = r.q.to(torch.int8).contiguous(), r.scale.squeeze(1).to(act_dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch._weight_int8pack_mm(x, self.q, self.scale)
@@ -163,28 +138,45 @@ class Int8WeightOnly(QuantWeight):
         return self.q.float() * self.scale.float()[:, None]
 
 
-class Int8W8A8(QuantWeight):
+class _W8A8(QuantWeight):
+    """8-bit weight (scale [1, out] or a scalar) times 8-bit activations: _act(x) -> (codes, scales), _mm the GEMM."""
+
+    tensor_names = ("q", "scale")
+    pad = (1, 1)  # (fewest rows, multiple of) the CUDA GEMM takes: zero rows pad the batch; a CPU takes any
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.shape[0]
+        least, multiple = self.pad if self.device.type == "cuda" else (1, 1)
+        rows = max(least, -(-m // multiple) * multiple)
+        return self._mm(*self._act(x if rows == m else F.pad(x, (0, 0, 0, rows - m))))[:m]
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        xq, xs = self._act(x.to(self.act_dtype))
+        return (xq.float() * xs) @ self.dequantize().T
+
+    def dequantize(self) -> torch.Tensor:
+        return self.q.float() * self.scale.reshape(-1, 1)
+
+
+class Int8W8A8(_W8A8):
     """int8 weight (per-row scales) times int8 activations (per-token or per-tensor scales) via torch._int_mm."""
 
     fmt = "int8_w8a8"
-    tensor_names = ("q", "scale")
+    pad = (32, 8)  # CUDA _int_mm: batch > 16 (we pad to 32, x8)
 
     def __init__(self, w: torch.Tensor, act_dtype: torch.dtype, per_token: bool = True, act_half_range: float = 127.0):
         super().__init__(w, act_dtype)
-        self._store(*_int8_rows(w), per_token, act_half_range)
+        r = quantize_rtn(w.float(), 8, "channel", symmetric=True)  # lesson 02's RTN per channel
+        self._store(r.q.to(torch.int8), r.scale, per_token, act_half_range)
 
     def _store(self, q: torch.Tensor, scale: torch.Tensor, per_token: bool, act_half_range: float) -> None:
         self.q, self.scale = q.contiguous(), scale.float().reshape(1, -1).contiguous()  # scale [1, out]
         self.per_token, self.act_half_range = per_token, act_half_range
-        self.min_rows = 32 if q.device.type == "cuda" else 1  # CUDA _int_mm: batch > 16 (we pad to 32, x8)
 
     @classmethod
     def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, act_dtype: torch.dtype = torch.bfloat16,
                    per_token: bool = True, act_half_range: float = 127.0) -> "Int8W8A8":
-        """Wrap ready-made int8 codes q [out, in] with per-row scales [out] or [out, 1] (w = q * scale).
-
-        act_half_range sets the activation grid: absmax / 127 (codes -127..127) by default; compressed-tensors
-        checkpoints use absmax / 127.5 (codes -128..127)."""
+        """Wrap ready-made int8 codes q [out, in] with per-row scales [out] or [out, 1] (w = q * scale)."""
         if q.dtype != torch.int8:
             raise TypeError(f"int8 codes must be a torch.int8 tensor, got {q.dtype}")
         require("int8_w8a8", q.device, q.shape[0], q.shape[1])
@@ -194,34 +186,20 @@ class Int8W8A8(QuantWeight):
         return self
 
     def _act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """int8 activations with one scale (absmax / act_half_range) per token (row), or one for the tensor."""
+        # one scale per token (or for the tensor): absmax / 127, codes -127..127; compressed-tensors' 127.5: -128..127
         rows = x if self.per_token else x.reshape(1, -1)
         scale = rows.float().abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / self.act_half_range
         return (x.float() / scale).round().clamp(-128, 127).to(torch.int8), scale
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.shape[0]
-        rows = max(self.min_rows, _round_up(m, 8)) if self.min_rows > 1 else m
-        xq, xs = self._act(_pad_rows(x, rows))  # zero rows pad the batch (CUDA _int_mm wants > 16 rows)
-        acc = torch._int_mm(xq, self.q.t())
-        return (acc[:m].float() * xs[:m] * self.scale).to(self.act_dtype)
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
-        xq, xs = self._act(x.to(self.act_dtype))
-        return (xq.float() * xs) @ self.dequantize().T
-
-    def dequantize(self) -> torch.Tensor:
-        return self.q.float() * self.scale.T
+    def _mm(self, xq: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        return (torch._int_mm(xq, self.q.t()).float() * xs * self.scale).to(self.act_dtype)
 
 
 class Int4WeightOnly(QuantWeight):
-    """4-bit asymmetric groups along the input dim: w ~ (q - 8) * scale + zero, q in 0..15 (torch int4 kernels).
+    """4-bit asymmetric groups along the input dim: w ~ (q - 8) * scale + zero, q in 0..15 (torch int4 kernels)."""
 
-    Layout (read from torch's aten/src/ATen/native/cuda/int4mm.cu and gpt-fast/torchao):
-    scales_and_zeros is [in / group, out, 2] holding (scale, zero); the CUDA packer takes uint8 [out, in / 2]
-    with the even-index value in the high nibble; the CPU packer takes int32 [out, in] values 0..15.
-    """
-
+    # Layout (torch's aten/src/ATen/native/cuda/int4mm.cu, gpt-fast, torchao): scales_and_zeros [in / group, out, 2];
+    # CUDA packs uint8 [out, in / 2] (torch >= 2.5), even index in the high nibble; the CPU int32 [out, in] 0..15.
     fmt = "int4_weight_only"
     tensor_names = ("packed", "scales_and_zeros")
 
@@ -229,9 +207,8 @@ class Int4WeightOnly(QuantWeight):
         super().__init__(w, torch.bfloat16 if w.device.type == "cuda" else act_dtype)  # tinygemm: bf16 only
         # GGUF Q4_1's grid (lesson 02): codes 0..15 span each group's [min, max], w = q * scale + min
         r = quantize_rtn(w.float(), 4, "group", group_size, symmetric=False, float_offset=True)
-        scale = r.scale.reshape(self.out_features, -1)
-        zero = (r.zero + 8 * r.scale).reshape(self.out_features, -1)  # the kernel's zero sits at code 8
-        self._pack(r.q.reshape(w.shape), scale, zero, group_size, keep_codes)
+        scale, zero = r.scale.reshape(self.out_features, -1), (r.zero + 8 * r.scale).reshape(self.out_features, -1)
+        self._pack(r.q.reshape(w.shape), scale, zero, group_size, keep_codes)  # the kernel's zero sits at code 8
 
     @classmethod
     def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
@@ -248,12 +225,10 @@ class Int4WeightOnly(QuantWeight):
     def _pack(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
               keep_codes: bool = True) -> None:
         """Store scales and zeros as [in / group, out, 2] and the codes in the kernel's packed layout."""
-        cuda = self.device.type == "cuda"
         self.group_size, self.tiles = group_size, inner_k_tiles(q.shape[1])
-        store = torch.bfloat16 if cuda else self.act_dtype
-        self.scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(store)
+        self.scales_and_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(self.act_dtype)
         self.packed = torch._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8), self.tiles) \
-            if cuda else torch._convert_weight_to_int4pack_for_cpu(q, self.tiles)  # tinygemm packs uint8 (torch >= 2.5)
+            if self.device.type == "cuda" else torch._convert_weight_to_int4pack_for_cpu(q, self.tiles)
         self.codes = q.to(torch.uint8) if keep_codes else None  # only for dequantize(), never for the kernel
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,13 +248,14 @@ class NF4(QuantWeight):
     """bitsandbytes NF4: 4-bit codes from the normal-quantile table, one absmax per block of 64."""
 
     fmt = "nf4"
-    tensor_names = ("packed",)
+    tensor_names = ("packed", "absmax")  # absmax: the quantization state's, one per block
 
     def __init__(self, w: torch.Tensor, act_dtype: torch.dtype, blocksize: int = 64):
         super().__init__(w, act_dtype)
         self.bnb = _bnb()
         self.packed, self.state = self.bnb.functional.quantize_4bit(w.to(act_dtype).contiguous(),
                                                                     blocksize=blocksize, quant_type="nf4")
+        self.absmax = self.state.absmax
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.bnb.matmul_4bit(x, self.packed.t(), quant_state=self.state)
@@ -287,56 +263,36 @@ class NF4(QuantWeight):
     def dequantize(self) -> torch.Tensor:
         return self.bnb.functional.dequantize_4bit(self.packed, self.state).float()
 
-    @property
-    def nbytes(self) -> int:
-        return self.packed.numel() + self.state.absmax.numel() * self.state.absmax.element_size()
-
     def clone(self) -> NF4:
-        new = copy.copy(self)
-        new.packed, new.state = self.packed.clone(), copy.copy(self.state)
-        new.state.absmax = self.state.absmax.clone()
+        new = super().clone()
+        new.state = copy.copy(self.state)
+        new.state.absmax = new.absmax
         return new
 
 
-class FP8W8A8(QuantWeight):
+class FP8W8A8(_W8A8):
     """e4m3 weight (per-row scales) times e4m3 activations (per-token scales) via torch._scaled_mm."""
 
     fmt = "fp8_w8a8"
-    tensor_names = ("q", "scale")
+    pad = (16, 16)  # _scaled_mm: zero rows pad the batch to a multiple of 16
 
     def __init__(self, w: torch.Tensor, act_dtype: torch.dtype, rowwise: bool = True, fast_accum: bool = True):
         super().__init__(w, act_dtype)
         self.rowwise, self.fast_accum = rowwise, fast_accum
-        self.q, scale = self._cast(w)  # lesson 07's scaling recipes
+        self.q, scale = self._act(w)  # lesson 07's scaling recipes
         self.scale = scale.T.contiguous() if rowwise else scale.reshape(())  # [1, out] or a scalar
-        self.min_rows = 16 if w.device.type == "cuda" else 1
 
-    def _cast(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """e4m3 values and their float32 scales [rows, 1] (per row) or [1, 1] (per tensor), as lesson 07 scales."""
-        s = fp8.scales(t, "e4m3", "row" if self.rowwise else "tensor")[:, :1]
-        s = (s if self.rowwise else s[:1]).contiguous()
+    def _act(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = fp8.scales(t, "e4m3", "row" if self.rowwise else "tensor")[:None if self.rowwise else 1, :1].contiguous()
         m = fp8.max_value("e4m3")
         return (t.float() / s).clamp(-m, m).to(fp8.DTYPES["e4m3"]).contiguous(), s
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.shape[0]
-        xq, xs = self._cast(_pad_rows(x, _round_up(m, self.min_rows)))  # zero rows pad to a multiple of 16
-        y = torch._scaled_mm(xq, self.q.t(), scale_a=xs if self.rowwise else xs.reshape(()), scale_b=self.scale,
-                             out_dtype=self.act_dtype, use_fast_accum=self.fast_accum)
-        return y[:m]
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
-        xq, xs = self._cast(x.to(self.act_dtype))
-        return (xq.float() * xs) @ self.dequantize().T
-
-    def dequantize(self) -> torch.Tensor:
-        return self.q.float() * (self.scale.T if self.rowwise else self.scale)
+    def _mm(self, xq: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+        return torch._scaled_mm(xq, self.q.t(), scale_a=xs if self.rowwise else xs.reshape(()), scale_b=self.scale,
+                                out_dtype=self.act_dtype, use_fast_accum=self.fast_accum)
 
 
 # ----------------------------------------------------------------------------------------------- the registry
-Notes = tuple[tuple[bool, str], tuple[bool, str]]  # (native?, what runs) on CUDA, then on a CPU
-
-
 @dataclass(frozen=True)
 class Format:
     """Everything the course knows about one weight format, in one place."""
@@ -347,47 +303,24 @@ class Format:
     storage: str  # what a deployment planner counts per weight (a hardware.BYTES_PER_WEIGHT key)
     computes_in: tuple[str, str]  # (on CUDA, on a CPU): which measured matmul peak bounds its compute
     build: Callable[..., QuantWeight]  # (w, act_dtype, group_size, **options) -> QuantWeight
-    notes: Notes | None = None  # None: a dense format, whose notes depend on the device's arithmetic
+    notes: tuple | None = None  # ((native?, what runs) on CUDA, on a CPU); None: dense, per the device's arithmetic
     cannot_run: Callable[[int, int, int | None, tuple | None], str | None] = lambda n, k, g, cc: None
     groups: tuple[int, ...] = ()  # group sizes the kernel takes, the default first; () = no groups
+    min_cc: tuple = ()  # ((major, minor), why): the oldest CUDA compute capability its kernel runs on
     variants: tuple[dict, ...] = field(default=({},))  # options the probe tries in order when one raises
-
-
-def _cc(cc: tuple[int, int]) -> str:
-    return f"{cc[0]}.{cc[1]}"
 
 
 def _missing(op: str) -> str | None:
     return None if hasattr(torch, op) else f"torch {torch.__version__} has no {op}: upgrade torch"
 
 
-def _int8_w8a8_rule(n: int, k: int, g: int | None, cc: tuple | None) -> str | None:
-    if cc is not None and cc < (7, 5):
-        return f"int8 _int_mm needs int8 tensor cores (compute capability >= 7.5), found {_cc(cc)}"
-    if cc is not None and (k % 8 or n % 8):
-        return f"CUDA _int_mm needs in and out features that are multiples of 8, got in={k}, out={n}"
-    return None
-
-
 def _int4_rule(n: int, k: int, g: int | None, cc: tuple | None) -> str | None:
     if cc is None:
         return _missing("_weight_int4pack_mm_for_cpu") or (
             f"the CPU int4 kernel needs out_features to be a multiple of 16, got {n}" if n % 16 else None)
-    if cc < (8, 0):
-        return ("int4 tinygemm (_weight_int4pack_mm) uses bf16 tensor-core mma (m16n8k16): it needs compute "
-                f"capability >= 8.0, found {_cc(cc)}")
     if not inner_k_tiles(k):
         return f"tinygemm needs in_features to be a multiple of 32, got {k}"
     return f"tinygemm needs out_features to be a multiple of 8, got {n}" if n % 8 else None
-
-
-def _fp8_rule(n: int, k: int, g: int | None, cc: tuple | None) -> str | None:
-    if not hasattr(torch, "float8_e4m3fn"):
-        return f"torch {torch.__version__} has no float8_e4m3fn dtype: upgrade torch"
-    if cc is not None and cc < (8, 9):
-        return f"fp8 _scaled_mm needs compute capability >= 8.9, found {_cc(cc)}"
-    return f"_scaled_mm needs in and out features that are multiples of 16, got in={k}, out={n}" if k % 16 or n % 16 \
-        else None
 
 
 def _dense(name: str, tolerance: float, roof: tuple[str, str]) -> Format:
@@ -405,12 +338,17 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            lambda n, k, g, cc: _missing("_weight_int8pack_mm")),
     Format("int8_w8a8", 8, 1e-2, "int8", ("int8", "int8"), lambda w, act, g, **o: Int8W8A8(w, act, **o),
            ((True, "cuBLASLt int8 tensor-core GEMM via _int_mm (batch padded to >= 32 rows, multiple of 8)"),
-            (True, "oneDNN int8 GEMM via _int_mm (u8s8 or s8s8 VNNI where the CPU has it)")), _int8_w8a8_rule),
+            (True, "oneDNN int8 GEMM via _int_mm (u8s8 or s8s8 VNNI where the CPU has it)")),
+           lambda n, k, g, cc: (f"CUDA _int_mm needs in and out features that are multiples of 8, got in={k}, out={n}"
+                                if cc and (k % 8 or n % 8) else None),
+           min_cc=((7, 5), "int8 _int_mm needs int8 tensor cores (compute capability >= 7.5)")),
     Format("int4_weight_only", 4, 2e-2, "int4", ("bf16", "bf16"),
            lambda w, act, g, **o: Int4WeightOnly(w, act, g, **o),
            ((True, "tinygemm: int4 unpacked to bf16 in registers, bf16 mma.sync tensor cores"),
             (True, "torch's CPU _weight_int4pack_mm_for_cpu (AVX512/AVX2 dequantize-in-kernel)")),
-           _int4_rule, groups=(128, 32, 64, 256)),
+           _int4_rule, groups=(128, 32, 64, 256), min_cc=((8, 0), "int4 tinygemm (_weight_int4pack_mm) uses bf16 "
+                                                           "tensor-core mma (m16n8k16): it needs compute capability "
+                                                           ">= 8.0")),
     Format("nf4", 4, 2e-2, "nf4", ("bf16", "bf16"), lambda w, act, g: NF4(w, act, g),
            ((True, "bitsandbytes gemm_4bit: fused NF4 kernel at small batch, dequantize + cuBLAS above"),
             (False, "no fused NF4 kernel on this CPU: bitsandbytes dequantizes the whole weight, then F.linear")),
@@ -418,7 +356,12 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
                                                    "`pip install bitsandbytes`", groups=(64,)),
     Format("fp8_w8a8", 8, 2e-2, "fp8", ("fp8", "fp32"), lambda w, act, g, **o: FP8W8A8(w, act, **o),
            ((True, "cuBLASLt/CUTLASS e4m3 tensor-core GEMM via _scaled_mm (batch padded to a multiple of 16)"),
-            (False, "no FP8 arithmetic on a CPU: torch's CPU _scaled_mm emulates it (slow)")), _fp8_rule,
+            (False, "no FP8 arithmetic on a CPU: torch's CPU _scaled_mm emulates it (slow)")),
+           lambda n, k, g, cc: (f"torch {torch.__version__} has no float8_e4m3fn dtype: upgrade torch"
+                                if not hasattr(torch, "float8_e4m3fn") else
+                                f"_scaled_mm needs in and out features that are multiples of 16, got in={k}, out={n}"
+                                if k % 16 or n % 16 else None),
+           min_cc=((8, 9), "fp8 _scaled_mm needs compute capability >= 8.9"),
            variants=({}, {"fast_accum": False}, {"rowwise": False}, {"rowwise": False, "fast_accum": False})),
 )}
 
@@ -458,8 +401,10 @@ def unsupported_reason(fmt: str, device: str | torch.device, out_features: int =
                 "CUDA build of torch (https://pytorch.org/get-started) or use device='cpu'")
     if device.type == "cuda" and not torch.cuda.is_available():
         return "a CUDA device was asked for, but this machine has no CUDA GPU: use device='cpu'"
-    return _group_reason(f, in_features, group_size) or f.cannot_run(out_features, in_features,
-                                                                      group_size, compute_capability(device))
+    reason, cc = _group_reason(f, in_features, group_size), compute_capability(device)
+    if reason is None and cc is not None and f.min_cc and cc < f.min_cc[0]:
+        reason = f"{f.min_cc[1]}, found {cc[0]}.{cc[1]}"
+    return reason or f.cannot_run(out_features, in_features, group_size, cc)
 
 
 def require(fmt: str, device: str | torch.device, out_features: int = 256, in_features: int = 512,
@@ -532,17 +477,14 @@ class QuantLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        y = self.qw(x.reshape(-1, shape[-1]).to(self.qw.act_dtype)).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.reshape(*shape[:-1], self.out_features)
+        y = self.qw(x.reshape(-1, x.shape[-1]).to(self.qw.act_dtype)).to(x.dtype)
+        y = y if self.bias is None else y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     @property
     def nbytes(self) -> int:
         """Stored bytes of weight and bias."""
-        extra = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
-        return self.qw.nbytes + extra
+        return self.qw.nbytes + (0 if self.bias is None else tensor_bytes(self.bias))
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, {self.qw.fmt}"
@@ -578,10 +520,5 @@ def tensor_bytes(t: torch.Tensor) -> int:
 
 def linear_bytes(model: nn.Module) -> int:
     """Stored bytes of every nn.Linear and QuantLinear weight (and bias) in the model."""
-    total = 0
-    for m in model.modules():
-        if isinstance(m, QuantLinear):
-            total += m.nbytes
-        elif isinstance(m, nn.Linear):
-            total += sum(tensor_bytes(p) for p in m.parameters(recurse=False))
-    return total
+    return sum(m.nbytes if isinstance(m, QuantLinear) else sum(tensor_bytes(p) for p in m.parameters(recurse=False))
+               for m in model.modules() if isinstance(m, (QuantLinear, nn.Linear)))

@@ -11,15 +11,11 @@ from . import kernels
 def probe(device: str | torch.device = "cpu", out_features: int = 256, in_features: int = 512,
           batch: int = 4, seed: int = 0) -> dict:
     """Try every format on a small case: does it run, natively or not, and does it agree with float32?"""
-    device = torch.device(device)
-    gen = torch.Generator().manual_seed(seed)
+    device, gen = torch.device(device), torch.Generator().manual_seed(seed)
     w = torch.randn(out_features, in_features, generator=gen).to(device)
     x = torch.randn(batch, in_features, generator=gen).to(device)
-    results = {}
-    for fmt in kernels.FORMATS:
-        reason = kernels.unsupported_reason(fmt, device, out_features, in_features)
-        results[fmt] = {"runs": False, "native": False, "reason": reason} if reason else _try(fmt, w, x)
-    return results
+    reasons = {fmt: kernels.unsupported_reason(fmt, device, out_features, in_features) for fmt in kernels.FORMATS}
+    return {fmt: {"runs": False, "native": False, "reason": r} if r else _try(fmt, w, x) for fmt, r in reasons.items()}
 
 
 def _try(fmt: str, w: torch.Tensor, x: torch.Tensor) -> dict:
@@ -38,8 +34,7 @@ def _try(fmt: str, w: torch.Tensor, x: torch.Tensor) -> dict:
 
 def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, at most `limit` characters."""
-    text = str(e).strip().splitlines()
-    return (text[0] if text else "")[:limit]
+    return (str(e).strip().splitlines() or [""])[0][:limit]
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,17 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
+def _before(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed windows and the model's logits on them, before a method changes the model."""
+    ids = _windows(1, 24, seed=5)
+    return ids, _logits(model, ids)
+
+
+def _assert_changed_but_finite(model, ids: torch.Tensor, ref: torch.Tensor) -> None:
+    out = _logits(model, ids)
+    assert torch.isfinite(out).all() and 0 < _rel(out, ref) < 1
+
+
 def test_map_finds_layers_groups_folds_embedding_and_head(tiny):
     family, model = tiny
     layers = architecture.decoder_layers(model)
@@ -172,8 +183,7 @@ def test_sliding_and_global_layers_differ(built):
 
 def test_gptq_runs_end_to_end(tiny):
     family, model = tiny
-    ids = _windows(1, 24, seed=5)
-    ref = _logits(model, ids)
+    ids, ref = _before(model)
     before = {n: lin.weight.clone() for n, lin in models.decoder_linears(model).items()}
     gptq.quantize_model(model, _windows(), bits=4, group_size=architecture.group_size(model)[0], progress=False)
     after = models.decoder_linears(model)
@@ -181,24 +191,20 @@ def test_gptq_runs_end_to_end(tiny):
     for n, lin in after.items():  # every row of every group holds at most 16 levels
         g = lin.weight.reshape(-1, 64)
         assert max(len(torch.unique(r)) for r in g[:8]) <= 16, n
-    out = _logits(model, ids)
-    assert torch.isfinite(out).all() and 0 < _rel(out, ref) < 1
+    _assert_changed_but_finite(model, ids, ref)
 
 
 def test_awq_runs_end_to_end(tiny):
     family, model = tiny
-    ids = _windows(1, 24, seed=5)
-    ref = _logits(model, ids)
+    ids, ref = _before(model)
     histories = awq.quantize_model(model, _windows(), bits=4, group_size=64, n_grid=4, apply_clip=True, progress=False)
     assert len(histories) == 2 * sum(f != "none" for f in EXPECTED_FOLDS[family])
-    out = _logits(model, ids)
-    assert torch.isfinite(out).all() and 0 < _rel(out, ref) < 1
+    _assert_changed_but_finite(model, ids, ref)
 
 
 def test_smoothquant_and_w8a8_run_end_to_end(tiny):
     family, model = tiny
-    ids = _windows(1, 24, seed=5)
-    ref = _logits(model, ids)
+    ids, ref = _before(model)
     stats = smoothquant.activation_absmax(model, _windows(), include_down=True)
     assert set(stats) == set(architecture.group_names(model, "attention input") + architecture.group_names(model, "mlp input")
                              + architecture.group_names(model, "mlp output"))
@@ -214,8 +220,7 @@ def test_smoothquant_and_w8a8_run_end_to_end(tiny):
 
 def test_int4_weight_only_swap_runs(tiny):
     family, model = tiny
-    ids = _windows(1, 24, seed=5)
-    ref = _logits(model, ids)
+    ids, ref = _before(model)
     names = architecture.linear_names(model)
     originals = kernels.swap_linears(model, "int4_weight_only", group_size=architecture.group_size(model)[0])
     assert sorted(originals) == sorted(names) == sorted(architecture.linear_names(model))  # the map sees kernels too
