@@ -40,6 +40,11 @@ def grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, tor
     """Scale and zero per row of w, compressed-tensors' convention: codes -2^(b-1)..2^(b-1)-1 or 0..2^b-1."""
     _weight(w, "w")
     check_bits(bits, symmetric)
+    return _grid(w, bits, symmetric)
+
+
+def _grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """grid() without its checks, for callers that checked w already."""
     lo = w.amin(1, keepdim=True).clamp(max=0)
     hi = w.amax(1, keepdim=True).clamp(min=0)
     if symmetric:
@@ -67,10 +72,11 @@ def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qm
 
 
 def _round(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """quantize_column() without its checks (inside loops whose inputs were checked once)."""
     return (torch.clamp(torch.round(w / scale) + zero, qmin, qmax) - zero) * scale
 
 
-def inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
+def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
     """Upper Cholesky factor of H^-1 (H^-1 from H's own Cholesky factor: cholesky_solve, far faster than cholesky_inverse on CPUs)."""
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     return torch.linalg.cholesky(torch.cholesky_solve(eye, torch.linalg.cholesky(h)), upper=True)
@@ -82,7 +88,7 @@ def rtn(w: torch.Tensor, bits: int = 4, group_size: int | None = 64, symmetric: 
     check_bits(bits, symmetric)
     g = _group(group_size, w.shape[1])
     groups = w.float().reshape(-1, g)  # one row per (output row, group)
-    return quantize_column(groups, *grid(groups, bits, symmetric)).reshape(w.shape).to(w.dtype)
+    return _round(groups, *_grid(groups, bits, symmetric)).reshape(w.shape).to(w.dtype)  # w checked once, above
 
 
 @dataclass
@@ -121,13 +127,13 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
     g = group_size or cols
     scale, zero = torch.empty_like(W), torch.empty_like(W)
     for start in range(0, cols, g):  # static groups: scales from the original weight, one per row and group
-        s, z, qmin, qmax = grid(W[:, start:start + g], bits, symmetric)
+        s, z, qmin, qmax = _grid(W[:, start:start + g], bits, symmetric)
         scale[:, start:start + g], zero[:, start:start + g] = s, z
     order = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
     W, H, scale, zero = W[:, order], H[order][:, order], scale[:, order], zero[:, order]
     H += damp * torch.diag(H).mean() * torch.eye(cols, dtype=H.dtype)
     try:
-        hinv = inverse_cholesky(H).float()
+        hinv = _inverse_cholesky(H).float()
     except RuntimeError as err:  # torch raises LinAlgError, a RuntimeError
         raise ValueError(f"the Hessian is not positive definite even after dampening {damp}: raise damp "
                          f"(e.g. 0.1) or calibrate on more tokens than the {cols} input features") from err
