@@ -6,6 +6,7 @@ the same product in float32 from the dequantized operands. lessons_lib.probing t
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -192,7 +193,17 @@ class Int8W8A8(_W8A8):
         return (x.float() / scale).round().clamp(-128, 127).to(torch.int8), scale
 
     def _mm(self, xq: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-        return (torch._int_mm(xq, self.q.t()).float() * xs * self.scale).to(self.act_dtype)
+        if self.device.type == "cpu" and not fast_int8_cpu():  # same int32 sums (exact below 2^24), float units
+            acc = xq.float() @ self.q.t().float()
+        else:
+            acc = torch._int_mm(xq, self.q.t()).float()
+        return (acc * xs * self.scale).to(self.act_dtype)
+
+
+def fast_int8_cpu() -> bool:
+    """True where this CPU's int8 GEMM (oneDNN behind torch._int_mm) has AVX512 (VNNI) units; on AVX2 it is ~20x
+    slower than fp32, so Int8W8A8 there multiplies the same int8 codes on float units (QHT_INT8_MM=1 forces _int_mm)."""
+    return os.environ.get("QHT_INT8_MM") == "1" or torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 class Int4WeightOnly(QuantWeight):
@@ -338,7 +349,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            lambda n, k, g, cc: _missing("_weight_int8pack_mm")),
     Format("int8_w8a8", 8, 1e-2, "int8", ("int8", "int8"), lambda w, act, g, **o: Int8W8A8(w, act, **o),
            ((True, "cuBLASLt int8 tensor-core GEMM via _int_mm (batch padded to >= 32 rows, multiple of 8)"),
-            (True, "oneDNN int8 GEMM via _int_mm (u8s8 or s8s8 VNNI where the CPU has it)")),
+            (True, "oneDNN int8 GEMM via _int_mm with AVX512 VNNI; on an AVX2 CPU the same int8 codes on float units (kernels.fast_int8_cpu)")),
            lambda n, k, g, cc: (f"CUDA _int_mm needs in and out features that are multiples of 8, got in={k}, out={n}"
                                 if cc and (k % 8 or n % 8) else None),
            min_cc=((7, 5), "int8 _int_mm needs int8 tensor cores (compute capability >= 7.5)")),

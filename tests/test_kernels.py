@@ -233,3 +233,17 @@ def test_int4_codes_reproduce_a_weight_on_the_q4_1_grid():
     w = (lo + codes / 256).reshape(64, 512)
     qw = kernels.quantize("int4_weight_only", w, group_size=32)
     assert torch.equal(qw.dequantize(), w)
+
+
+def test_int8_w8a8_float_path_gives_the_int_mm_sums(monkeypatch):
+    """Without AVX512 VNNI the W8A8 GEMM multiplies the same int8 codes on float units: the same int32 sums."""
+    gen = torch.Generator().manual_seed(0)
+    w, x = torch.randn(96, 64, generator=gen), torch.randn(5, 64, generator=gen)
+    q = kernels.quantize("int8_w8a8", w, act_dtype=torch.float32)
+    monkeypatch.setenv("QHT_INT8_MM", "1")
+    assert kernels.fast_int8_cpu()
+    on_int_mm = q(x)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.delenv("QHT_INT8_MM")
+    assert not kernels.fast_int8_cpu()
+    assert torch.equal(q(x), on_int_mm)
