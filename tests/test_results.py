@@ -80,7 +80,8 @@ def test_committed_records_carry_their_settings_and_keep_their_numbers():
     for lesson in ("02", "03", "04", "05", "06", "07"):
         r = results.committed(lesson)
         assert r["eval"] == "8x512" and r["model"].startswith("offline:SmolLM2-135M-Instruct")
-        assert results.committed_settings(lesson)["versions"]["text sets"] == results.versions()["text sets"]  # today's text
+        stored = json.loads(results.resource("results", f"{lesson}.json").read_text())
+        assert stored["settings"]["versions"]["text sets"] == results.versions()["text sets"]  # measured on today's text
         fp32[lesson] = r["ppl"]["fp32"]
     assert max(fp32.values()) - min(fp32.values()) < 1e-9 * min(fp32.values()), fp32  # one evaluation set, one fp32 model
     assert results.committed_settings("04")["group"] == 64 and results.committed_settings("04")["calib"] == "16x256"
