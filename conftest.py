@@ -15,7 +15,8 @@ def pytest_configure(config):
 
 def pytest_runtest_logreport(report):
     path = report.nodeid.split("::")[0]
-    _durations[path if path.endswith(".ipynb") else "unit tests"] += report.duration
+    lane = "smoke lane (every notebook, tiny Gemma 3)" if path.endswith("test_smoke_lane.py") else "unit tests"
+    _durations[path if path.endswith(".ipynb") else lane] += report.duration
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -8,9 +8,15 @@ import torch
 from . import validate
 
 
+class _Done(Exception):
+    """Raised inside a forward pass once every hooked module has seen its input."""
+
+
 @torch.no_grad()
-def run_with_input_hooks(model, windows: torch.Tensor, hooks: dict[str, Callable[[torch.Tensor], None]]) -> None:
-    """Run each window through the model, calling hooks[name](input) whenever module `name` is entered."""
+def run_with_input_hooks(model, windows: torch.Tensor, hooks: dict[str, Callable[[torch.Tensor], None]],
+                         stop_early: bool = True) -> None:
+    """Run each window through the model, calling hooks[name](input) when module `name` is entered; with stop_early
+    a window's forward pass ends once every hooked module has run (decoder linears run once per pass)."""
     validate.model(model)
     validate.token_ids(windows, "windows")
     if not isinstance(hooks, dict) or not hooks or not all(isinstance(n, str) and callable(f) for n, f in hooks.items()):
@@ -19,11 +25,23 @@ def run_with_input_hooks(model, windows: torch.Tensor, hooks: dict[str, Callable
     missing = [n for n in hooks if n not in modules]
     if missing:
         raise validate.UnknownName(f"no modules named {missing}; see models.linear_weights(model) for the names")
-    handles = [modules[n].register_forward_pre_hook(lambda _m, args, fn=fn: fn(args[0].detach())) for n, fn in hooks.items()]
+    seen: set[str] = set()
+
+    def call(name: str, fn, args) -> None:
+        fn(args[0].detach())
+        seen.add(name)
+        if stop_early and len(seen) == len(hooks):
+            raise _Done  # every hooked module has had this window's input: the rest of the forward is not needed
+
+    handles = [modules[n].register_forward_pre_hook(lambda _m, args, n=n, fn=fn: call(n, fn, args)) for n, fn in hooks.items()]
     try:
         device = next(model.parameters()).device
         for window in windows.split(1):
-            model(window.to(device))
+            seen.clear()
+            try:
+                model(window.to(device))
+            except _Done:
+                pass
     finally:
         for h in handles:
             h.remove()

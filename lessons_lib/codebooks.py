@@ -111,11 +111,18 @@ def bnb_roundtrip(w: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
     return bnbf.dequantize_4bit(packed, state).reshape(w.shape), state, packed
 
 
-def bnb_bits_per_weight(blocksize: int = 64, double_quant: bool = False, block2: int = 256) -> float:
-    """quantize.storage_bits of bitsandbytes 4-bit: fp32 absmax per block, or 8-bit absmax + one fp32 per block2 of them."""
+def bnb_bits_per_weight(blocksize: int = 64, double_quant: bool = False, block2: int = 256, n: int | None = None) -> float:
+    """quantize.storage_bits of bitsandbytes 4-bit: fp32 absmax per block, or 8-bit absmax + one fp32 per block2 of them.
+
+    n: the weight count of one tensor, to count its last partial blocks and double quantization's fp32 offset exactly."""
     validate.integer(blocksize, "blocksize", lo=1)
     validate.flag(double_quant, "double_quant")
     validate.integer(block2, "block2", lo=1)
+    if n is not None:
+        n = validate.integer(n, "n", lo=1)
+        blocks = -(-n // blocksize)
+        scale_bytes = blocks + 4 * -(-blocks // block2) + 4 if double_quant else 4 * blocks
+        return 8 * (-(-n // 2) + scale_bytes) / n
     if not double_quant:
         return storage_bits(4, blocksize, 32)
     return storage_bits(storage_bits(4, blocksize, 8), blocksize * block2, 32)

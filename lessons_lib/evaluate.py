@@ -147,20 +147,26 @@ _MEASURE_NAMES = {"ppl": "perplexity", "nll": "NLL (nats/token)", "kl": "KL from
 
 
 def _units(x: torch.Tensor, block: int | None) -> torch.Tensor:
-    """Per-token values [n_windows, tokens] as resampling units: windows (block=None) or blocks of `block` tokens."""
+    """Per-token values [n_windows, tokens] as resampling units: windows (block=None), or each window cut into
+    tokens // block blocks of about `block` tokens (every token in one; NaN pads the shorter ones)."""
     x = x.double().reshape(x.shape[0], -1)
     if block is None:
         return x
     block = validate.integer(block, "block", lo=1, hi=x.shape[1])
-    n = x.shape[1] // block
-    return x[:, :n * block].reshape(-1, block)
+    parts = [part for row in x for part in row.tensor_split(x.shape[1] // block)]
+    return torch.nn.utils.rnn.pad_sequence(parts, batch_first=True, padding_value=float("nan"))
 
 
 def _bootstrap_means(units: list[torch.Tensor], resamples: int, seed: int) -> list[torch.Tensor]:
-    """Resampled means of each [n_units, k] tensor, the same resampled units for all (so differences are paired)."""
+    """Token-weighted means of resampled units of each [n_units, k] tensor, the same resampled units for all (so
+    differences are paired)."""
     n = units[0].shape[0]
     picks = torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(seed))
-    return [u.mean(1)[picks].mean(1) for u in units]
+    means = []
+    for u in units:
+        sums, counts = torch.nan_to_num(u).sum(1), (~u.isnan()).sum(1).double()
+        means.append(sums[picks].sum(1) / counts[picks].sum(1))
+    return means
 
 
 def _interval(samples: torch.Tensor, level: float) -> tuple[float, float]:
@@ -186,7 +192,7 @@ def paired_interval(a: torch.Tensor, b: torch.Tensor, exp: bool = False, level: 
         raise validate.BadInput("a paired interval needs at least 2 windows (or blocks): evaluate more windows")
     f = torch.exp if exp else (lambda t: t)
     ma, mb = _bootstrap_means([ua, ub], resamples, seed)
-    point = float(f(ua.mean()) - f(ub.mean()))
+    point = float(f(ua.nanmean()) - f(ub.nanmean()))  # every token once, as the models' own perplexities
     return (point, *_interval(f(ma) - f(mb), level))
 
 
@@ -440,6 +446,8 @@ def compare(a: Scores, b: Scores, measure: str = "ppl", tolerance: float | None 
         xa, xb = a.top1.double(), b.top1.double()
     else:
         xa, xb = a.nll, b.nll
+    if xa.shape != xb.shape and block is None and xa.shape[0] == xb.shape[0]:  # one side recorded as window means
+        xa, xb = xa.double().mean(1, keepdim=True), xb.double().mean(1, keepdim=True)
     diff, low, high = paired_interval(xa, xb, exp=measure == "ppl", level=level, block=block)
     value = {"ppl": lambda s: s.ppl, "nll": lambda s: s.nll.double().mean().item(), "kl": lambda s: s.mean_kl,
              "top1": lambda s: s.top1_agreement}[measure]
@@ -461,10 +469,25 @@ def record_values(scores: dict[str, Scores] | list[Scores], against: str = "fp32
     if all(s.kl is not None for s in scores.values()):
         out |= {"kl": {k: s.mean_kl for k, s in scores.items()}, "kl_p99": {k: s.kl_quantile(0.99) for k, s in scores.items()},
                 "top1": {k: s.top1_agreement for k, s in scores.items()}}
+    out["window_nll"] = {k: s.nll.double().mean(1).tolist() for k, s in scores.items()}  # for paired comparisons later
+    if "kl" in out:
+        out["window_kl"] = {k: s.kl.double().mean(1).tolist() for k, s in scores.items()}
+        out["window_top1"] = {k: s.top1.double().mean(1).tolist() for k, s in scores.items()}
+    out["windows_sha"] = next(iter(scores.values())).windows_sha
     if against in scores:
         out["ppl_diff"] = {k: list(paired_interval(s.nll, scores[against].nll, exp=True)) for k, s in scores.items()
                            if k != against}
     return out
+
+
+def recorded_scores(record: dict, label: str, name: str | None = None) -> Scores:
+    """A model's scores as results.record stored them (record_values): per-window means, enough for compare() with
+    another model scored on the same windows (not for token quantiles or block resampling); name relabels it."""
+    if not isinstance(record, dict) or label not in record.get("window_nll", {}):
+        raise validate.UnknownName(f"no per-window figures for {label!r} in this record: re-run the lesson that "
+                                   f"measures it (its record has {sorted(record.get('window_nll', {})) if isinstance(record, dict) else 'nothing'})")
+    column = lambda key: None if label not in record.get(key, {}) else torch.tensor(record[key][label], dtype=torch.float64)[:, None]
+    return Scores(name or label, column("window_nll"), column("window_kl"), column("window_top1"), record.get("windows_sha", ""))
 
 
 def lm_eval_cloze(model_dir: str, items: list[dict], device: str = "cpu", dtype: str = "float32",

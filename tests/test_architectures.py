@@ -236,6 +236,11 @@ def test_activation_capture_and_shape(tiny):
     names = architecture.group_names(model, "mlp output")
     acts = activations.capture_inputs(model, names, _windows(2, 16))
     assert all(acts[n].shape == (32, MLP) for n in names)
+    first = names[:1]  # stopping each window's pass once layer 0 has its input captures the same tensor
+    captured = []
+    activations.run_with_input_hooks(model, _windows(2, 16), {first[0]: captured.append}, stop_early=False)
+    assert torch.equal(activations.capture_inputs(model, first, _windows(2, 16))[first[0]],
+                       torch.cat([x.reshape(-1, MLP).float() for x in captured]))
     assert set(activations.input_channel_absmax(model, _windows(1, 16))) == set(architecture.linear_names(model))
     shape = hardware.shape_of(model)
     c = model.config

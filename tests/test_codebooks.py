@@ -35,7 +35,11 @@ def test_bits_per_param_measured_from_bitsandbytes(gauss, double_quant):
     w = gauss[: 256 * 1024].reshape(256, 1024)
     _, state, packed = C.bnb_roundtrip(w, "nf4", 64, double_quant)
     assert abs(C.bnb_measured_bits_per_weight(packed, state) - C.bnb_bits_per_weight(64, double_quant)) < 1e-3
+    assert C.bnb_measured_bits_per_weight(packed, state) == pytest.approx(C.bnb_bits_per_weight(64, double_quant, n=w.numel()))
     assert C.bnb_bits_per_weight(64) == 4.5 and abs(C.bnb_bits_per_weight(64, True) - 4.127) < 1e-3
+    small = gauss[: 128 * 64].reshape(128, 64)  # 128 blocks: fewer than one double-quantization block of 256
+    _, state, packed = C.bnb_roundtrip(small, "nf4", 64, double_quant)
+    assert C.bnb_measured_bits_per_weight(packed, state) == pytest.approx(C.bnb_bits_per_weight(64, double_quant, n=small.numel()))
 
 
 def test_lloyd_max_levels_are_centroids(gauss):

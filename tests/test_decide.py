@@ -63,22 +63,38 @@ def test_quality_costs_by_kl_or_by_the_interval():
     from lessons_lib import results
 
     recorded = {k: results.committed(k) for k in ("03", "04", "05", "06", "07")}
-    keys = {"03": ["NF4"], "04": ["ours W4 damp 0.1"], "05": ["ours AWQ W4"], "07": [decide.FORMAT_RESULTS["fp8_w8a8"][1]],
-            "06": [k for k in recorded["06"]["ppl"] if k.startswith("ours SmoothQuant")][:1]}
+    by_ppl, upper, by_kl = (decide.quality_costs(recorded, m) for m in ("ppl", "ppl_upper", "kl"))
+    assert by_ppl == decide.quality_costs(recorded)  # the default is unchanged
+    assert all(upper[f] >= by_ppl[f] for f in by_ppl) and upper["nf4"] > by_ppl["nf4"]  # a cautious cost is higher
+    assert by_kl["bf16"] == upper["bf16"] == 0.0 and 0 < by_kl["int8_w8a8"] < by_kl["nf4"]
+    old = copy.deepcopy(recorded)
+    for r in old.values():  # records made before lessons stored evaluate.record_values
+        r.pop("kl", None)
     with pytest.raises(KeyError, match="no 'kl'.*record_values"):
-        decide.quality_costs(recorded, measure="kl")
+        decide.quality_costs(old, measure="kl")
     with pytest.raises(KeyError, match="unknown quality measure"):
         decide.quality_costs(recorded, measure="bleu")
-    full = copy.deepcopy(recorded)
-    for lesson, names in keys.items():  # what evaluate.record_values adds: KL and paired differences from fp32
-        ppl = full[lesson]["ppl"]
-        full[lesson]["kl"] = {k: 0.1 * (ppl[k] / ppl["fp32"] - 1) for k in names}
-        full[lesson]["ppl_diff"] = {k: [ppl[k] - ppl["fp32"], 0, 2 * (ppl[k] - ppl["fp32"])] for k in names}
-    by_ppl = decide.quality_costs(full)
-    assert by_ppl == decide.quality_costs(recorded)  # the default is unchanged
-    by_kl, upper = decide.quality_costs(full, "kl"), decide.quality_costs(full, "ppl_upper")
-    assert by_kl["nf4"] == pytest.approx(0.1 * by_ppl["nf4"]) and upper["nf4"] == pytest.approx(2 * by_ppl["nf4"])
-    assert by_kl["bf16"] == upper["bf16"] == 0.0
+
+
+def test_the_4_bit_method_is_chosen_on_dev_and_its_cost_read_on_test():
+    import copy
+
+    from lessons_lib import results
+
+    recorded = {k: results.committed(k) for k in ("03", "04", "05", "06", "07")}
+    gptq = recorded["04"]["chosen"]["W4"]
+    lesson, label = decide.int4_method(recorded)
+    dev = {("04", gptq): recorded["04"]["dev_ppl"][gptq], ("05", "ours AWQ W4"): recorded["05"]["dev_ppl"]["ours AWQ W4"]}
+    assert (lesson, label) == min(dev, key=dev.get)
+    flipped = copy.deepcopy(recorded)
+    flipped[lesson]["dev_ppl"][label] = 1e9  # the other method wins on dev: its test cost is used, whatever test says
+    other = next(k for k in dev if k != (lesson, label))
+    assert decide.int4_method(flipped) == other
+    ppl = flipped[other[0]]["ppl"]
+    assert decide.quality_costs(flipped)["int4_weight_only"] == pytest.approx(ppl[other[1]] / ppl["fp32"] - 1)
+    flipped["05"]["dev"] = "2x64"
+    with pytest.raises(KeyError, match="same dev windows"):
+        decide.int4_method(flipped)
 
 
 def test_candidates_plan_their_compute_dtype():

@@ -142,7 +142,37 @@ def test_compare_verdicts_and_blocks(tiny, cache):
     assert blocks.units == 6 * 4 and "blocks of 8 tokens" in str(blocks)
     assert evaluate.verdict(-0.5, 0.5, 0.1) == "indistinguishable" and evaluate.verdict(-0.5, -0.2, 0.1) == "beats"
     rec = evaluate.record_values([ref, worse])
-    assert set(rec) == {"ppl", "ppl_interval", "kl", "kl_p99", "top1", "ppl_diff"} and list(rec["ppl_diff"]) == ["noisy"]
+    assert set(rec) == {"ppl", "ppl_interval", "kl", "kl_p99", "top1", "ppl_diff", "window_nll", "window_kl", "window_top1",
+                        "windows_sha"} and list(rec["ppl_diff"]) == ["noisy"]
     with pytest.raises(ValueError, match="different windows"):
         evaluate.compare(worse, evaluate.score(model, windows[:3], label="x", progress=False))
     assert math.isfinite(worse.summary()["kl_p99"])
+
+
+def test_recorded_scores_compare_like_the_fresh_ones(tiny, cache):
+    """A model measured in one lesson and recorded per window compares with one scored now, as if both were fresh."""
+    import json
+
+    model, windows = tiny
+    base = evaluate.baseline(model, windows, "tiny", progress=False)
+    worse = evaluate.score(perturbed(model, 0.5), windows, base, "noisy", progress=False)
+    stored = json.loads(json.dumps(evaluate.record_values([base.scores, worse])))  # as results.record keeps it
+    again = evaluate.recorded_scores(stored, "noisy")
+    fresh, from_record = evaluate.compare(worse, base.scores, "ppl"), evaluate.compare(again, base.scores, "ppl")
+    assert again.ppl == pytest.approx(worse.ppl) and again.mean_kl == pytest.approx(worse.mean_kl)
+    assert (from_record.difference, from_record.low, from_record.high) == pytest.approx((fresh.difference, fresh.low, fresh.high))
+    assert from_record.verdict == fresh.verdict
+    with pytest.raises(KeyError, match="no per-window figures for 'absent'"):
+        evaluate.recorded_scores(stored, "absent")
+
+
+def test_block_resampling_counts_every_token_once(tiny, cache):
+    """Blocks that do not divide a window still cover all of it: the difference is that of the two perplexities."""
+    model, windows = tiny  # 32 predicted tokens per window: blocks of 5 leave no token out
+    base = evaluate.baseline(model, windows, "tiny", progress=False)
+    worse = evaluate.score(perturbed(model, 0.5), windows, base, "noisy", progress=False)
+    c = evaluate.compare(worse, base.scores, block=5)
+    assert c.difference == pytest.approx(worse.ppl - base.scores.ppl) and c.units == 6 * (32 // 5)
+    assert c.low <= c.difference <= c.high
+    by_window = evaluate.compare(worse, base.scores)
+    assert by_window.difference == pytest.approx(c.difference)

@@ -83,10 +83,11 @@ def test_committed_records_carry_their_settings_and_keep_their_numbers():
         stored = json.loads(results.resource("results", f"{lesson}.json").read_text())
         assert stored["settings"]["versions"]["text sets"] == results.versions()["text sets"]  # measured on today's text
         fp32[lesson] = r["ppl"]["fp32"]
+        assert {"kl", "ppl_diff", "window_nll", "windows_sha"} <= set(r), lesson  # intervals and KL (evaluate.record_values)
     assert max(fp32.values()) - min(fp32.values()) < 1e-9 * min(fp32.values()), fp32  # one evaluation set, one fp32 model
     assert results.committed_settings("04")["group"] == 64 and results.committed_settings("04")["calib"] == "16x256"
-    r04 = results.committed("04")["ppl"]
-    assert r04["RTN W4"] > r04["ours W4 damp 0.1"] > fp32["04"]  # GPTQ between fp32 and plain rounding
+    r04 = results.committed("04")
+    assert r04["ppl"]["RTN W4"] > r04["ppl"][r04["chosen"]["W4"]] > fp32["04"]  # GPTQ between fp32 and plain rounding
 
 
 def _local_copy(lesson, **changes):
