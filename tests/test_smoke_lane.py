@@ -20,8 +20,8 @@ SMALL = {
     "CAPTURE_WINDOWS, WINDOW": "1, 64", "SCAN_WINDOWS": "1", "DEV_WINDOWS": "2", "CALIB_WINDOWS, CALIB_LEN": "4, 64",
     "HEAT_WINDOWS, HEAT_LEN": "2, 64", "SALIENT_WINDOWS": "2", "N_GRID": "4", "SWEEP_WINDOWS, SWEEP_LEN": "2, 64",
     "ALPHAS": "(0.0, 0.5)", "GEMM_SIZE": "256", "KV_WINDOWS": "2", "SHAPE": "(128, 256)", "BATCHES": "(1, 2)",
-    "POINT_S": "0.01", "ROTATE_BYTES": "2**20", "DECODE_FORMATS": '("fp32", "int8_w8a8")', "PROMPT, NEW_TOKENS": "8, 4",
-    "BYTE_LAW_FORMATS": '("fp32",)', "COMPILE_FORMATS": "()",
+    "POINT_S": "0.01", "ROTATE_BYTES": "2**20", "PROMPT, NEW_TOKENS": "8, 4",
+    "COMPILE_FORMATS": "()",
 }
 ASSIGNMENT = re.compile(r"^(?P<names>[A-Z_][A-Z0-9_, ]*?)\s*=\s*(?P<value>.*?)(?P<comment>\s+#.*)?$")
 
