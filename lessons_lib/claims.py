@@ -56,5 +56,5 @@ class Claims:
         return frame.rename_axis(f"claims on {self.model}")
 
     def summary(self) -> list[dict]:
-        """JSON-safe rows for results.record (scripts/cross_model.py gathers them across models)."""
+        """JSON-safe rows for results.record (each lesson stores its claims with its results)."""
         return [dict(r) for r in self.rows]

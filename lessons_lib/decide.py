@@ -212,7 +212,7 @@ def quality_costs(r: dict[str, dict], measure: str = "ppl") -> dict[str, float]:
 def int4_method(r: dict[str, dict]) -> tuple[str, str]:
     """(lesson, label) of the 4-bit weight-only method to ship: GPTQ (lesson 04, its dampening chosen on dev) or AWQ
     (lesson 05), whichever has the lower dev perplexity, so that the test set, which reports its cost, chooses nothing."""
-    gptq = r["04"].get("chosen", {}).get("W4", "ours W4 damp 0.1")
+    gptq = r["04"].get("chosen", {}).get("W4")
     dev = {("04", gptq): r["04"].get("dev_ppl", {}).get(gptq), ("05", "ours AWQ W4"): r["05"].get("dev_ppl", {}).get("ours AWQ W4")}
     if None in dev.values() or r["04"].get("dev") != r["05"].get("dev"):
         raise KeyError("lessons 04 and 05 must record dev perplexities on the same dev windows (dev_ppl, dev): "

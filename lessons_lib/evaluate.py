@@ -486,7 +486,9 @@ def recorded_scores(record: dict, label: str, name: str | None = None) -> Scores
     if not isinstance(record, dict) or label not in record.get("window_nll", {}):
         raise validate.UnknownName(f"no per-window figures for {label!r} in this record: re-run the lesson that "
                                    f"measures it (its record has {sorted(record.get('window_nll', {})) if isinstance(record, dict) else 'nothing'})")
-    column = lambda key: None if label not in record.get(key, {}) else torch.tensor(record[key][label], dtype=torch.float64)[:, None]
+    def column(key: str) -> torch.Tensor | None:  # [n_windows, 1]: one mean per window
+        return torch.tensor(record[key][label], dtype=torch.float64)[:, None] if label in record.get(key, {}) else None
+
     return Scores(name or label, column("window_nll"), column("window_kl"), column("window_top1"), record.get("windows_sha", ""))
 
 

@@ -168,6 +168,17 @@ def read_or_committed(lesson: str, **expected) -> tuple[dict, str]:
         return _flat(shipped), f"committed (course machine): {err}{stale}"
 
 
+def read_all_or_committed(lessons, **expected) -> tuple[dict, dict]:
+    """read_or_committed for several lessons, never mixing models: when this machine's records are of more than one
+    model (some lessons run here, others not), every lesson's committed record is used instead, and says so."""
+    pairs = {lesson: read_or_committed(lesson, **expected) for lesson in lessons}
+    recorded, source = {k: r for k, (r, _) in pairs.items()}, {k: why for k, (_, why) in pairs.items()}
+    if len({r.get("model") for r in recorded.values()}) > 1:
+        recorded = {lesson: committed(lesson) for lesson in lessons}
+        source = {lesson: "committed (course machine), so that all lessons describe one model" for lesson in lessons}
+    return recorded, source
+
+
 def check_consistent(records: dict[str, dict], shared: tuple[str, ...] = ("model", "eval")) -> None:
     """Refuse records (lesson -> what read returns) measured with settings other than the committed ones, or that
     disagree on a `shared` setting; the message names the lesson and the setting."""

@@ -112,6 +112,18 @@ def test_lesson_09_read_path_uses_this_machine_only_with_the_course_settings(cac
     assert str(cache) not in source  # notebooks print it: no machine path
 
 
+def test_lesson_09_never_mixes_two_models_records(cache):
+    """One lesson measured here on another model, the others not: every lesson's committed record is used."""
+    ev = "8x512"
+    for lesson in ("03", "04"):
+        _local_copy(lesson, model="someone/other-model")
+    recorded, source = results.read_all_or_committed(("03", "04"), model="someone/other-model", eval=ev)
+    assert {r["model"] for r in recorded.values()} == {"someone/other-model"} and set(source.values()) == {"this machine"}
+    results.path("04").unlink()  # now 03 is this machine's other model, 04 would be the committed default model
+    recorded, source = results.read_all_or_committed(("03", "04"), model="someone/other-model", eval=ev)
+    assert len({r["model"] for r in recorded.values()}) == 1 and all("one model" in s for s in source.values())
+
+
 def test_quality_costs_refuses_records_made_with_other_settings():
     recorded = {k: results.committed(k) for k in ("03", "04", "05", "06", "07")}
     base = decide.quality_costs(recorded)
