@@ -77,9 +77,11 @@ def _round(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, 
 
 
 def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
-    """Upper Cholesky factor of H^-1 (H^-1 from H's own Cholesky factor: cholesky_solve, far faster than cholesky_inverse on CPUs)."""
+    """Upper Cholesky factor U of H^-1 (U^T U = H^-1) from one factorisation: with P the reversal, P H P = K K^T
+    gives H^-1 = (P K^-1 P)^T (P K^-1 P), and P K^-1 P is upper triangular."""
+    k = torch.linalg.cholesky(h.flip(0, 1))
     eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    return torch.linalg.cholesky(torch.cholesky_solve(eye, torch.linalg.cholesky(h)), upper=True)
+    return torch.linalg.solve_triangular(k, eye, upper=False).flip(0, 1)
 
 
 def rtn(w: torch.Tensor, bits: int = 4, group_size: int | None = 64, symmetric: bool = True) -> torch.Tensor:
@@ -140,6 +142,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
     # Work on transposed copies so that each column of W is a contiguous row in memory (much faster updates).
     Wt, St, Zt = W.T.contiguous(), scale.T.contiguous(), zero.T.contiguous()
     Qt = torch.zeros_like(Wt)
+    diag = hinv.diagonal().tolist()
     loss = 0.0
     for i1 in range(0, cols, block):  # lazy batches: the rest of the matrix is updated once per block
         i2 = min(i1 + block, cols)
@@ -148,9 +151,9 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
             c = i1 + i
             q = _round(W1[i], St[c], Zt[c], qmin, qmax)  # checked once above, not per column
             Qt[c] = q
-            E1[i] = (W1[i] - q) / hinv[c, c]
+            E1[i] = (W1[i] - q) / diag[c]
             if error_feedback:  # push this column's error onto the columns of the block not yet quantized
-                W1[i + 1:] -= torch.outer(hinv[c, c + 1:i2], E1[i])
+                W1[i + 1:].addr_(hinv[c, c + 1:i2], E1[i], alpha=-1)
         loss += (E1**2).sum().item() / 2
         if error_feedback:
             Wt[i2:] -= hinv[i1:i2, i2:].T @ E1
@@ -211,8 +214,8 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
         count: list = [0] * len(shared)
 
         def accumulate(i, args):
-            flat = args[0].reshape(-1, args[0].shape[-1]).double().cpu()  # float64: a few huge activations dominate X^T X
-            xtx[i] = xtx[i] + flat.T @ flat
+            flat = args[0].reshape(-1, args[0].shape[-1]).float().cpu()
+            xtx[i] = xtx[i] + (flat.T @ flat).double()  # float32 within a window, float64 across windows
             count[i] += flat.shape[0]
 
         hooks = [lins[0].register_forward_pre_hook(lambda _m, a, i=i: accumulate(i, a)) for i, lins in enumerate(shared)]

@@ -258,8 +258,8 @@ def gguf_config_facts(config, source: Path) -> list[tuple[str, object, object]]:
     """(fact, value in the GGUF metadata or the Gemma 3 design, value in the converted config) for a Gemma 3 model."""
     import gguf
 
-    fields = gguf.GGUFReader(source).fields
-    meta = {k.split(".", 1)[1]: f.contents() for k, f in fields.items() if k.startswith("gemma3.")}
+    reader = gguf.GGUFReader(source)  # parsing the 262k-token vocabulary takes seconds: read the file once
+    meta = {k.split(".", 1)[1]: f.contents() for k, f in reader.fields.items() if k.startswith("gemma3.")}
     rope = getattr(config, "rope_parameters", None) or {}
     pattern = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(config.num_hidden_layers)]
     return [
@@ -278,7 +278,7 @@ def gguf_config_facts(config, source: Path) -> list[tuple[str, object, object]]:
         ("query_pre_attn_scalar (= head_dim)", meta["attention.key_length"], config.query_pre_attn_scalar),
         ("final_logit_softcapping (none in Gemma 3)", None, config.final_logit_softcapping),
         ("attn_logit_softcapping (none in Gemma 3)", None, config.attn_logit_softcapping),
-        ("tied embeddings (no output.weight)", "output.weight" not in {t.name for t in gguf.GGUFReader(source).tensors},
+        ("tied embeddings (no output.weight)", "output.weight" not in {t.name for t in reader.tensors},
          config.tie_word_embeddings),
     ]
 

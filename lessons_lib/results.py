@@ -218,8 +218,8 @@ def publish(lesson: str, folder: Path | None = None) -> Path:
     return out
 
 
-if __name__ == "__main__":  # `python -m lessons_lib.results 02 03 04 05 06 07`: publish this machine's records
+if __name__ == "__main__":  # `python -m lessons_lib.results 00 02 03 04 05 06 07`: publish this machine's records
     import sys
 
-    for lesson in sys.argv[1:] or ["02", "03", "04", "05", "06", "07"]:
+    for lesson in sys.argv[1:] or ["00", "02", "03", "04", "05", "06", "07"]:
         print("published", publish(lesson).name)

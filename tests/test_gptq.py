@@ -94,3 +94,11 @@ def test_vectorized_rtn_is_gptq_without_error_feedback(layer):
     assert torch.allclose(gptq.rtn(w, 3, 16), slow)
     with pytest.raises(ValueError, match="does not divide"):
         gptq.rtn(w, 4, 24)
+
+
+def test_inverse_cholesky_is_the_upper_factor_of_the_inverse(layer):
+    _, x, _ = layer
+    h = gptq.hessian(x) + 0.01 * torch.eye(x.shape[-1], dtype=torch.float64)
+    u = gptq._inverse_cholesky(h)
+    assert torch.equal(u, u.triu()) and bool((u.diagonal() > 0).all())
+    assert torch.allclose(u.T @ u, torch.linalg.inv(h), rtol=1e-8, atol=1e-10)
