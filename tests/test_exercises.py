@@ -2,6 +2,7 @@ import runpy
 from pathlib import Path
 
 import pytest
+import torch
 
 from lessons_lib import exercises
 
@@ -76,3 +77,50 @@ def test_numeric_scalars_of_other_libraries_are_accepted():
 def test_unknown_keys_are_refused(key):
     with pytest.raises(KeyError, match="unknown exercise"):
         exercises.check(key, 1)
+
+
+@pytest.mark.parametrize("key", sorted(k for k, ex in exercises.CODE_EXERCISES.items() if not ex.elementwise))
+def test_code_checkers_refuse_wrong_functions_and_name_the_usual_slips(key, capsys):
+    ex = exercises.CODE_EXERCISES[key]
+    assert exercises.check(key, ex.reference)  # the library's own function passes
+    assert not exercises.check(key, lambda *a: torch.as_tensor(ex.reference(*a)) * 1.01 + 0.01)
+    assert not exercises.check(key, lambda *a: 1 / 0)
+    assert "raised ZeroDivisionError" in capsys.readouterr().out
+    for message, slip in getattr(ex.diagnose, "slips", ()):
+        assert not exercises.check(key, slip)
+        assert message in capsys.readouterr().out, (key, message)
+
+
+def test_the_gptq_step_reference_is_one_step_of_the_library_loop():
+    from lessons_lib import gptq
+
+    g = torch.Generator().manual_seed(5)
+    x, w = torch.randn(300, 24, generator=g) * torch.rand(24, generator=g), torch.randn(6, 24, generator=g)
+    h = gptq.hessian(x)
+    lib = gptq.gptq_quantize(w, h, bits=4, group_size=None, block=24).weight
+    s, z, qmin, qmax = gptq.grid(w, 4, True)
+    u = gptq._inverse_cholesky(h.double() + 0.01 * h.diagonal().mean() * torch.eye(24, dtype=torch.float64)).float()
+    step = exercises.CODE_EXERCISES["04.gptq_step"].reference
+    W = w.clone()
+    for i in range(24):
+        W = step(W, u, i, gptq.quantize_column(W[:, i], s[:, 0], z[:, 0], qmin, qmax))
+    assert torch.allclose(W, lib, atol=1e-5)
+
+
+def test_elementwise_checkers_name_the_field_or_term_that_is_wrong(capsys):
+    import math
+
+    def e4m3(b):
+        s, e, m = b >> 7, (b >> 3) & 15, b & 7
+        v = math.nan if e == 15 and m == 7 else m / 8 * 2**-6 if e == 0 else (1 + m / 8) * 2.0 ** (e - 7)
+        return -v if s else v
+
+    assert exercises.check("01.decode_e4m3", e4m3)
+    for wrong, words in [(lambda b: abs(e4m3(b)), "sign bit"), (lambda b: 2 * e4m3(b), "bias"),
+                         (lambda b: math.inf if b & 0x7F == 0x78 else e4m3(b), "normal number in E4M3FN")]:
+        assert not exercises.check("01.decode_e4m3", wrong)
+        assert words in capsys.readouterr().out
+    roof = lambda b, o, i, w, p, bw: max(2 * b * o * i / p, (o * i * w + 2 * b * i + 2 * b * o) / bw)  # noqa: E731
+    assert exercises.check("08.gemm_time", roof)
+    assert not exercises.check("08.gemm_time", lambda b, o, i, w, p, bw: 2 * b * o * i / p + (o * i * w + 2 * b * i + 2 * b * o) / bw)
+    assert "not their sum" in capsys.readouterr().out

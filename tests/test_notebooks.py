@@ -28,9 +28,13 @@ def code_cells(path):
 
 
 def compared(cell) -> bool:
-    """As nbval reads its markers: any line that is a comment holding exactly a marker (lax mode is not used)."""
+    """As nbval reads its markers (any line that is a comment holding exactly a marker; lax mode is not used); a cell
+    never run is not compared, nor one whose outputs are recorded per CPU kind but not for this one (conftest)."""
+    from conftest import cpu_kind
+
     comments = {line.strip().lstrip("#").strip() for line in cell.source.splitlines() if line.strip().startswith("#")}
-    return not comments & set(MARKERS)
+    by_cpu = cell.get("metadata", {}).get("qht_outputs_by_cpu")
+    return not comments & set(MARKERS) and cell.get("execution_count") is not None and (by_cpu is None or cpu_kind() in by_cpu)
 
 
 def output_texts(cell):
@@ -53,9 +57,11 @@ def test_at_least_80_percent_of_code_cells_are_compared():
 
 def test_the_ratio_reads_markers_as_nbval_does():
     cell = nbformat.v4.new_code_cell
-    assert not compared(cell("# NBVAL_IGNORE_OUTPUT\nprint(1)")) and compared(cell("print(1)"))
+    assert not compared(cell("# NBVAL_IGNORE_OUTPUT\nprint(1)")) and compared(cell("print(1)", execution_count=1))
     assert not compared(cell("x = 1\n  #  NBVAL_SKIP")) and not compared(cell("# NBVAL_RAISES_EXCEPTION\n1 / 0"))
-    assert compared(cell("x = 1  # a mention of NBVAL_SKIP is no marker\nprint(x)"))
+    assert compared(cell("x = 1  # a mention of NBVAL_SKIP is no marker\nprint(x)", execution_count=1))
+    assert not compared(cell("print(1)", execution_count=None))  # nbval compares only cells that were run
+    assert not compared(cell("print(1)", execution_count=1, metadata={"qht_outputs_by_cpu": {"no such CPU": []}}))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -78,3 +84,57 @@ def test_the_path_pattern_catches_paths_and_spares_prose():
         assert MACHINE_PATH.search(text), text
     for text in ("8/512 windows", "tokens/s 12.5", "results/04.json in the course cache", "GB/s", "1/4 of /dev"):
         assert not MACHINE_PATH.search(text), text
+
+
+def test_outputs_agree_lets_numbers_move_a_little_and_nothing_else():
+    from conftest import outputs_agree
+
+    assert outputs_agree("perplexity 19.95 (95% interval 18.29-21.68)", "perplexity 19.96 (95% interval 18.30-21.67)")
+    assert outputs_agree("KL 0.0211", "KL 0.0212") and outputs_agree("top-1 97.9%", "top-1 97.6%")  # 0.3% of 97.9
+    assert outputs_agree("a    9.99  b", "a   10.01  b")  # a table column one digit wider
+    assert not outputs_agree("perplexity 19.95", "perplexity 20.95")  # 5%: a real change
+    assert not outputs_agree("[held] ours beats RTN", "[NOT HELD] ours beats RTN")  # verdicts are words: exact
+    assert not outputs_agree("ours beats RTN: 25.4", "ours is indistinguishable from RTN: 25.4")
+    assert not outputs_agree("1 2 3", "1 2")  # a number more or less is layout
+    assert not outputs_agree("difference +0.03", "difference +0.30")
+
+
+def test_outputs_recorded_for_this_cpu_kind_are_the_reference_and_other_kinds_are_not_compared():
+    from types import SimpleNamespace
+
+    import nbformat as nbf
+    from conftest import SKIP_FIELDS, _tolerant, cpu_kind
+
+    def out(text):
+        return nbf.v4.new_output("stream", name="stdout", text=text)
+
+    compare = _tolerant(lambda self, test, ref, skip=None: [o["text"] for o in test] == [o["text"] for o in ref])
+    item = lambda metadata: SimpleNamespace(cell=SimpleNamespace(metadata=metadata), sanitize=lambda s: s,  # noqa: E731
+                                            parent=SimpleNamespace(skip_compare=SKIP_FIELDS), comparison_traceback=[])
+    stored, here = [out("ppl 19.95\n")], [out("ppl 19.92, +0.00\n")]
+    assert not compare(item({}), [out("ppl 19.92, -0.03\n")], stored)
+    assert compare(item({"qht_outputs_by_cpu": {cpu_kind(): here}}), here, stored)
+    assert not compare(item({"qht_outputs_by_cpu": {cpu_kind(): here}}), [out("ppl 19.92, +0.90\n")], stored)
+    assert compare(item({"qht_outputs_by_cpu": {"another CPU": stored}}), here, stored)  # recorded elsewhere only
+    assert compare(item({}), [out("ppl 19.96\n")], stored)  # within tolerance
+
+
+def test_the_recorder_keeps_both_kinds_where_outputs_differ(tmp_path):
+    import runpy
+
+    import nbformat as nbf
+    from conftest import cpu_kind
+
+    record = runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "record_cpu_outputs.py"))["record"]
+    (tmp_path / "stored").mkdir(), (tmp_path / "run").mkdir()
+    for folder, texts in (("stored", ["ppl 19.95\n", "ok 1\n"]), ("run", ["ppl 25.31\n", "ok 1\n"])):
+        nb = nbf.v4.new_notebook(metadata={"qht_cpu": "ANOTHER CPU"})
+        for i, t in enumerate(texts):
+            nb.cells.append(nbf.v4.new_code_cell(f"print({i})", execution_count=i + 1,
+                                                 outputs=[nbf.v4.new_output("stream", name="stdout", text=t)]))
+        nbf.write(nb, tmp_path / folder / "x.ipynb")
+    record(tmp_path / "run", notebooks=tmp_path / "stored")
+    differs, agrees = nbf.read(tmp_path / "stored" / "x.ipynb", 4).cells
+    by_cpu = differs.metadata["qht_outputs_by_cpu"]
+    assert by_cpu["ANOTHER CPU"][0]["text"] == "ppl 19.95\n" and by_cpu[cpu_kind()][0]["text"] == "ppl 25.31\n"
+    assert differs.outputs[0]["text"] == "ppl 19.95\n" and "qht_outputs_by_cpu" not in agrees.metadata

@@ -1,0 +1,96 @@
+"""Store a cell's outputs per kind of CPU where they differ, so that nbval holds every kind to its own numbers.
+
+Whole-model evaluations sum in another order on AVX2 and AVX512 CPUs (and bf16 matmuls differ with and without
+bf16 units): a perplexity moves in its fourth digit, a paired difference or a chaotic GPTQ run by more. Execute the
+notebooks on this machine into a folder, then record:
+
+    jupyter nbconvert --to notebook --execute --output-dir /tmp/run notebooks/*.ipynb   (with make's environment)
+    python scripts/record_cpu_outputs.py /tmp/run [--new-from REV]
+
+`make execute` (outputs stored in place) calls `--in-place` itself: cells recorded per kind get this kind's new outputs.
+
+For every code cell whose executed outputs do not agree with the stored ones (conftest.outputs_agree), both are kept
+in the cell's metadata "qht_outputs_by_cpu" under their CPU kinds (the stored ones under the notebook's "qht_cpu").
+With --new-from REV, cells whose source is not in REV's notebook take the executed outputs; unless they are exercise
+checks or plots, they are recorded for this kind only and compared nowhere else until this script runs there.
+"""
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from conftest import SKIP_FIELDS, cpu_kind, outputs_agree, texts  # noqa: E402
+
+
+def old_sources(rev: str, path: Path) -> set:
+    """The cell sources of `path` at git revision `rev` (none if it did not exist)."""
+    shown = subprocess.run(["git", "show", f"{rev}:{path.relative_to(ROOT)}"], cwd=ROOT, capture_output=True, text=True)
+    return {c.source for c in nbformat.reads(shown.stdout, 4).cells} if shown.returncode == 0 else set()
+
+
+def agree(a: list, b: list) -> bool:
+    """As nbval under conftest compares: sanitized memory addresses, numbers within tolerance."""
+    clean = lambda s: re.sub(r"0x[0-9a-fA-F]+", "0xADDRESS", s)  # noqa: E731  (tests/sanitize.cfg)
+    x, y = texts(a, SKIP_FIELDS, clean), texts(b, SKIP_FIELDS, clean)
+    return len(x) == len(y) and all(k1 == k2 and outputs_agree(s, t) for (k1, s), (k2, t) in zip(x, y))
+
+
+def record(executed: Path, new_from: str | None = None, notebooks: Path = ROOT / "notebooks") -> None:
+    """Keep each kind's outputs where they differ (see the module's text)."""
+    kind = cpu_kind()
+    for run_path in sorted(executed.glob("*.ipynb")):
+        path = notebooks / run_path.name
+        stored, run = nbformat.read(path, 4), nbformat.read(run_path, 4)
+        if [c.source for c in stored.cells] != [c.source for c in run.cells]:
+            sys.exit(f"{run_path} was not executed from the current {path.name}: execute it again")
+        primary = stored.metadata.setdefault("qht_cpu", kind)
+        before = old_sources(new_from, path) if new_from else None
+        changed = 0
+        for old, new in zip(stored.cells, run.cells):
+            if old.cell_type != "code" or re.search(r"^\s*#\s*NBVAL_(IGNORE_OUTPUT|SKIP)\s*$", old.source, re.M):
+                continue  # nbval does not compare it anywhere
+            by_cpu = old.metadata.get("qht_outputs_by_cpu")
+            if before is not None and old.source not in before:
+                old.outputs, old.execution_count = new.outputs, new.execution_count
+                plain = 'check("' in old.source or old.source.rstrip().endswith("plt.show()") or not texts(new.outputs)
+                if not plain:
+                    old.metadata["qht_outputs_by_cpu"] = {kind: new.outputs}
+                changed += 1
+            elif by_cpu is not None:
+                by_cpu[kind] = new.outputs
+                changed += 1
+            elif not agree(old.outputs, new.outputs):
+                if kind == primary:  # the stored outputs were this kind's: they are stale, replace them
+                    old.outputs = new.outputs
+                else:
+                    old.metadata["qht_outputs_by_cpu"] = {primary: old.outputs, kind: new.outputs}
+                changed += 1
+        nbformat.write(stored, path)
+        print(f"{path.name}: {changed} cells recorded for {kind} (stored outputs: {primary})")
+
+
+def refresh_in_place(paths: list[Path]) -> None:
+    """After `make execute`: each cell recorded per kind takes its fresh outputs as this kind's."""
+    kind = cpu_kind()
+    for path in paths:
+        nb = nbformat.read(path, 4)
+        cells = [c for c in nb.cells if c.cell_type == "code" and "qht_outputs_by_cpu" in c.metadata]
+        for c in cells:
+            c.metadata["qht_outputs_by_cpu"][kind] = c.outputs
+        if cells:
+            nbformat.write(nb, path)
+            print(f"{path.name}: {len(cells)} cells recorded per CPU kind now hold this {kind} run's outputs too")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("executed", type=Path, nargs="+", help="a folder of notebooks executed here, or with --in-place notebooks")
+    parser.add_argument("--new-from", help="git revision: cells whose source is not there take the executed outputs")
+    parser.add_argument("--in-place", action="store_true", help="the notebooks were executed in place (make execute)")
+    args = parser.parse_args()
+    refresh_in_place(args.executed) if args.in_place else record(args.executed[0], args.new_from)
