@@ -72,9 +72,7 @@ def _tolerant(compare):
     def agrees(self, test, ref, skip_compare) -> bool:
         if compare(self, test, ref, skip_compare):
             return True
-        skip = skip_compare or self.parent.skip_compare
-        old, new = texts(ref, skip, self.sanitize), texts(test, skip, self.sanitize)
-        if len(old) == len(new) and all(k1 == k2 and outputs_agree(a, b) for (k1, a), (k2, b) in zip(old, new)):
+        if texts_agree(ref, test, skip_compare or self.parent.skip_compare, self.sanitize):
             self.comparison_traceback = []
             return True
         return False
@@ -108,3 +106,9 @@ def texts(outputs, skip=SKIP_FIELDS, sanitize=lambda s: s) -> list:
         fields.update({k: v for k, v in out.items() if k != "data"})
         found += [(k, sanitize(v)) for k, v in sorted(fields.items()) if k not in skip and isinstance(v, str)]
     return found
+
+
+def texts_agree(ref, test, skip=SKIP_FIELDS, sanitize=lambda s: s) -> bool:
+    """Two cells' outputs hold the same text fields, each pair equal under outputs_agree."""
+    old, new = texts(ref, skip, sanitize), texts(test, skip, sanitize)
+    return len(old) == len(new) and all(k1 == k2 and outputs_agree(a, b) for (k1, a), (k2, b) in zip(old, new))

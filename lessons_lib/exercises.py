@@ -244,8 +244,7 @@ def _mxfp4_diagnose(args: tuple, got: torch.Tensor, expected: torch.Tensor) -> s
         return "the signs are off: bit 3 of each code is the sign"
     if torch.allclose(got, _mxfp4_reference(packed, scales) * 2.0**127) or torch.allclose(got, expected * 2):
         return "the scale exponent is off: an E8M0 byte b means 2**(b - 127)"
-    i = divmod(int((got - expected).abs().flatten().argmax()), expected.shape[1])
-    return f"element {list(i)} is {got[i].item():.4g}, expected {expected[i].item():.4g}"
+    return _where(got, expected)
 
 
 def _gemv():
@@ -391,8 +390,7 @@ def _int4_diagnose(args: tuple, got: torch.Tensor, expected: torch.Tensor) -> st
         return "the two codes of each byte are swapped: the high nibble (byte >> 4) holds the even column"
     if torch.allclose(got, dq(packed, scale, zero + 8 * scale, g), atol=1e-5):
         return "the offset is missing: the weight is (q - 8) * scale + zero"
-    i = divmod(int((got - expected).abs().flatten().argmax()), expected.shape[1])
-    return f"element {list(i)} is {got[i].item():.4g}, expected {expected[i].item():.4g}"
+    return _where(got, expected)
 
 
 CODE_EXERCISES: dict[str, CodeExercise] = {

@@ -24,7 +24,7 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from conftest import SKIP_FIELDS, cpu_kind, outputs_agree, texts  # noqa: E402
+from conftest import SKIP_FIELDS, cpu_kind, texts, texts_agree  # noqa: E402
 
 
 def old_sources(rev: str, path: Path) -> set:
@@ -35,9 +35,7 @@ def old_sources(rev: str, path: Path) -> set:
 
 def agree(a: list, b: list) -> bool:
     """As nbval under conftest compares: sanitized memory addresses, numbers within tolerance."""
-    clean = lambda s: re.sub(r"0x[0-9a-fA-F]+", "0xADDRESS", s)  # noqa: E731  (tests/sanitize.cfg)
-    x, y = texts(a, SKIP_FIELDS, clean), texts(b, SKIP_FIELDS, clean)
-    return len(x) == len(y) and all(k1 == k2 and outputs_agree(s, t) for (k1, s), (k2, t) in zip(x, y))
+    return texts_agree(a, b, SKIP_FIELDS, lambda s: re.sub(r"0x[0-9a-fA-F]+", "0xADDRESS", s))  # tests/sanitize.cfg
 
 
 def record(executed: Path, new_from: str | None = None, notebooks: Path = ROOT / "notebooks") -> None:
