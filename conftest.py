@@ -58,10 +58,25 @@ def outputs_agree(ref: str, test: str, rel_tol: float = NUMBER_REL_TOL) -> bool:
 
 
 def cpu_kind() -> str:
-    """The CPU's vector unit as torch dispatches on it ("AVX2", "AVX512", ...): what decides how sums are ordered."""
+    """The CPU's vector unit as torch dispatches on it ("AVX2", "AVX512", ...), with " AMD" after it on an AMD CPU:
+    torch's own kernels sum in an order set by the first, and MKL (torch's BLAS) takes other paths on AMD CPUs, so an
+    AMD AVX512 CPU reproduces neither an Intel AVX512 one nor an AMD AVX2 one."""
     import torch
 
-    return torch.backends.cpu.get_cpu_capability()
+    kind = torch.backends.cpu.get_cpu_capability()
+    return f"{kind} AMD" if _cpu_vendor() == "AuthenticAMD" else kind
+
+
+def _cpu_vendor() -> str:
+    """The CPU's vendor string (GenuineIntel, AuthenticAMD, ...) from /proc/cpuinfo; "" where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def _tolerant(compare):

@@ -138,6 +138,7 @@ def layout(layer: nn.Module) -> Layout:
 @torch.no_grad()
 def norm_fold(norm: nn.Module) -> str:
     """How a per-channel scale folds into a norm, found by trying each fold on a copy: "norm", "offset_norm" or "none"."""
+    validate.model(norm, "norm")
     weight = getattr(norm, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 1:
         return "none"
@@ -286,6 +287,7 @@ def short_name(model: nn.Module, name: str) -> str:
 
 def kind_of(name: str) -> str:
     """The last part of a module name (its kind within a layer: "down_proj", "fc2", ...)."""
+    validate.text(name, "name", "pass a module name such as 'model.layers.0.mlp.down_proj'")
     return name.rsplit(".", 1)[-1]
 
 
@@ -360,6 +362,7 @@ def group_size(model: nn.Module, most: int = 128) -> tuple[int, str]:
 
 def max_positions(model: nn.Module) -> int | None:
     """The longest sequence the model's config allows, or None when it states none."""
+    validate.model(model)
     c = getattr(model, "config", None)
     c = getattr(c, "get_text_config", lambda: c)()
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
@@ -395,6 +398,7 @@ def sizes(model: nn.Module, eval_windows: int = 8, window: int = 512, calib_wind
           device: str | torch.device | None = None) -> Sizes:
     """The requested sizes, cut to fit the model: windows no longer than its context, on a CPU no more tokens than
     CPU_TOKEN_PARAMETERS allows, and enough calibration tokens for a positive-definite GPTQ Hessian."""
+    validate.model(model)
     for v, n in ((eval_windows, "eval_windows"), (window, "window"), (calib_windows, "calib_windows"), (calib_len, "calib_len")):
         validate.integer(v, n, lo=1)
     notes = []

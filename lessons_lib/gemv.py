@@ -110,6 +110,8 @@ DOT_F32_NOTE = ("Triton's interpreter stores bfloat16 as raw 16-bit patterns and
 
 def check_device(device: torch.device) -> None:
     """Refuse a launch these kernels cannot make: CPU tensors without the interpreter, or a non-CUDA device."""
+    if not isinstance(device, torch.device):
+        raise KernelError(f"device must be a torch.device (a tensor's .device), got {type(device).__name__}")
     if device.type == "cpu" and not INTERPRET:
         raise KernelError("these Triton kernels were compiled for a GPU, and the tensors are on the CPU: move them "
                           "to the CUDA device, or run on small shapes under Triton's interpreter (TRITON_INTERPRET=1 "
@@ -192,6 +194,8 @@ def _launch(kernel, x: torch.Tensor, n: int, k: int, cfg: Config, args: tuple, e
 # ----------------------------------------------------------------------------------------------- weights
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """Codes 0..15 [N, K] -> uint8 [N, K / 2]: column 2j in the high nibble, 2j + 1 in the low one."""
+    if not isinstance(q, torch.Tensor) or q.is_floating_point():
+        raise KernelError(f"codes must be an integer torch.Tensor [out, in], got {type(q).__name__}")
     if q.dim() != 2 or q.shape[1] % 2:
         raise KernelError(f"codes must be [out, in] with an even number of inputs, got {tuple(q.shape)}")
     if q.numel() and (int(q.min()) < 0 or int(q.max()) > 15):
@@ -202,6 +206,8 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """uint8 [N, K / 2] -> codes [N, K] (uint8): what the kernel does in registers with >> 4 and & 0xF."""
+    if not isinstance(packed, torch.Tensor) or packed.dim() != 2:
+        raise KernelError(f"packed 4-bit weights are a 2-D uint8 torch.Tensor [out, in / 2], got {type(packed).__name__}")
     if packed.dtype != torch.uint8:
         raise KernelError(f"packed 4-bit weights are uint8, got {packed.dtype}")
     return torch.stack([packed >> 4, packed & 0xF], dim=-1).reshape(packed.shape[0], -1)
@@ -352,17 +358,11 @@ def reference(weight, x: torch.Tensor) -> torch.Tensor:
     return x.float() @ weight.dequantize().T
 
 
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| in float32."""
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
-
-
 def check(weight, x: torch.Tensor, **launch) -> dict:
     """Kernel against reference dequantize + matmul: relative error, worst element, and pass/fail."""
     y = weight(x, **launch)
     ref = reference(weight, x)
-    err = relative_error(y, ref)
+    err = kernels.relative_error(y, ref)
     return {"batch": x.shape[0], "out": weight.out_features, "in": weight.in_features,
             "relative_error": err, "max_abs_error": (y.float() - ref).abs().max().item(),
             "passes": err <= TOLERANCE and bool(torch.isfinite(y).all())}

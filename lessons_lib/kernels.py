@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import fp8
+from . import fp8, validate
 from .models import decoder_linears
-from .quantize import check_float, quantize_rtn
+from .quantize import check_float, quantize_rtn, relative_error  # noqa: F401 (used as kernels.relative_error)
 
 RENAMED = {"int8_wo": "int8_weight_only", "int4_wo": "int4_weight_only", "fp8": "fp8_w8a8"}  # old names, refused
 
@@ -460,12 +460,6 @@ def quantize(fmt: str, w: torch.Tensor, act_dtype: torch.dtype | None = None, gr
     return qw
 
 
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| in float32."""
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
-
-
 def check(qw: QuantWeight, x: torch.Tensor, w: torch.Tensor | None = None) -> dict:
     """Kernel error against float32 on the dequantized operands (and, given w, the full error vs float w)."""
     with torch.no_grad():
@@ -524,6 +518,8 @@ def restore_linears(model: nn.Module, originals: dict[str, nn.Linear]) -> None:
 
 def tensor_bytes(t: torch.Tensor) -> int:
     """Bytes a tensor stores; for a tensor subclass holding packed data (torchao's), the sum of its inner tensors."""
+    if not isinstance(t, torch.Tensor):
+        raise validate.BadInput(f"t must be a torch.Tensor, got {type(t).__name__}")
     if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, nn.Parameter):
         return sum(tensor_bytes(getattr(t, name)) for name in t.__tensor_flatten__()[0])
     return t.numel() * t.element_size()
@@ -531,5 +527,6 @@ def tensor_bytes(t: torch.Tensor) -> int:
 
 def linear_bytes(model: nn.Module) -> int:
     """Stored bytes of every nn.Linear and QuantLinear weight (and bias) in the model."""
+    validate.model(model)
     return sum(m.nbytes if isinstance(m, QuantLinear) else sum(tensor_bytes(p) for p in m.parameters(recurse=False))
                for m in model.modules() if isinstance(m, (QuantLinear, nn.Linear)))

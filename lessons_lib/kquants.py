@@ -194,6 +194,8 @@ def quantize(x: torch.Tensor, fmt: str, importance: torch.Tensor | None = None) 
 
 def gguf_dequantize(kq: KQuant) -> torch.Tensor:
     """What gguf's own decoder reads from the blocks (the bit-exactness check)."""
+    if not isinstance(kq, KQuant):
+        raise validate.BadInput(f"kq must be a kquants.KQuant (from kquants.quantize), got {type(kq).__name__}")
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 

@@ -145,6 +145,7 @@ def element_values(codes: torch.Tensor, element: str) -> torch.Tensor:
 
 def e8m0_value(byte: torch.Tensor) -> torch.Tensor:
     """An E8M0 scale byte as float32: 2**(byte - 127) (255 would be NaN; encode never writes it)."""
+    validate.tensor(byte, "byte", kind="integer", todo="pass the scale bytes of microscaling.encode(...).scales")
     return torch.ldexp(torch.ones(byte.shape), byte.long() - 127)
 
 
@@ -189,8 +190,15 @@ def encode(x: torch.Tensor, fmt: str | Scheme, block: int | None = None, tensor_
     return Encoded(s, element_codes(x / _repeat(scale, s.block), s.element), scale.to(dtype))
 
 
+def _encoded(enc) -> Encoded:
+    if not isinstance(enc, Encoded):
+        raise validate.BadInput(f"enc must be what microscaling.encode(x, fmt) returns, got {type(enc).__name__}")
+    return enc
+
+
 def block_scales(enc: Encoded) -> torch.Tensor:
     """Each block's scale as float32 (times the tensor scale for NVFP4)."""
+    _encoded(enc)
     if enc.scheme.scale == "e8m0":
         return e8m0_value(enc.scales)
     if enc.scheme.scale == "e4m3":
@@ -241,6 +249,7 @@ def unpack_bits(packed_: torch.Tensor, bits: int) -> torch.Tensor:
 
 def packed(enc: Encoded) -> torch.Tensor:
     """The element codes as bytes (pack_bits with the element's width)."""
+    _encoded(enc)
     return pack_bits(enc.codes, enc.scheme.element_format.bits)
 
 
@@ -248,7 +257,7 @@ def gguf_blocks(enc: Encoded) -> np.ndarray:
     """The tensor as GGUF stores it, uint8 [rows, bytes]. MXFP4: per 32 elements one E8M0 byte, then 16 bytes with
     element j in the low and j + 16 in the high nibble. NVFP4: per 64 elements four E4M3 scale bytes, then for each
     16 elements 8 bytes (j low, j + 8 high); GGUF keeps the tensor scale outside the blocks."""
-    name = enc.scheme.name
+    name = _encoded(enc).scheme.name
     if name not in ("MXFP4", "NVFP4"):
         raise validate.BadInput(f"GGUF stores MXFP4 and NVFP4 blocks only, not {name}")
     codes = enc.codes.reshape(-1, enc.codes.shape[-1])

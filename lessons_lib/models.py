@@ -448,7 +448,16 @@ def load_model(model_id: str | None = None, dtype: torch.dtype = torch.float32, 
         except OSError as err:
             where = "the local folder" if Path(model_id).exists() else _NOT_CACHED
             raise OSError(f"Could not load {model_id!r}: {where} Original error: {err}") from err
-    return (model if quantization_config is not None else model.to(dev)).eval(), tokenizer
+    return (model if quantization_config is not None else model.to(dev)).eval(), _no_bpe_cleanup(tokenizer)
+
+
+def _no_bpe_cleanup(tokenizer):
+    """transformers ignores clean_up_tokenization_spaces=True on a BPE tokenizer and warns at every decode: turn it off
+    there (what decode returns is the same)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and type(backend.model).__name__ == "BPE":
+        tokenizer.clean_up_tokenization_spaces = False
+    return tokenizer
 
 
 def _causal_lm(model):

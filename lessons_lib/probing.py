@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import kernels
+from . import kernels, validate
 
 
 def probe(device: str | torch.device = "cpu", out_features: int = 256, in_features: int = 512,
@@ -34,6 +34,9 @@ def _try(fmt: str, w: torch.Tensor, x: torch.Tensor) -> dict:
 
 def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, at most `limit` characters."""
+    if not isinstance(e, BaseException):
+        raise validate.BadInput(f"e must be an exception, got {type(e).__name__}")
+    validate.integer(limit, "limit", lo=1)
     return (str(e).strip().splitlines() or [""])[0][:limit]
 
 
@@ -49,5 +52,7 @@ class ProbeRow:
 
 def probe_table(results: dict) -> list[ProbeRow]:
     """The probe's results as rows: format, runs, native, and the kernel or the reason it does not run."""
+    if not isinstance(results, dict) or not all(isinstance(r, dict) and "runs" in r for r in results.values()):
+        raise validate.BadInput("results must be what probing.probe(...) returns: {format: {'runs': ..., ...}}")
     return [ProbeRow(f, r["runs"], r.get("native", False), r.get("kernel") or r.get("reason", ""))
             for f, r in results.items()]

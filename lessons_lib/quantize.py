@@ -145,6 +145,16 @@ def error_stats(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
     return {"mse": mse, "max_abs": err.abs().max().item(), "rel_mse": rel}
 
 
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float32: how far a (a kernel's output) is from b (the reference), as a fraction of b."""
+    validate.tensor(a, "a", kind="float")
+    validate.tensor(b, "b (the reference)", kind="float")
+    if a.shape != b.shape:
+        raise validate.BadInput(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
 @contextmanager
 def swapped_weights(model, transform, names: list[str] | None = None):
     """Within the block, the decoder's linear weights (or only `names`) hold transform(weight); restored after.

@@ -18,7 +18,8 @@ from . import resource, validate
 from .models import cache_dir
 
 SCHEMA = 2
-VERSIONED = ("torch", "transformers", "bitsandbytes", "llmcompressor", "compressed-tensors", "lessons-lib")
+VERSIONED = ("torch", "transformers", "bitsandbytes", "llmcompressor", "compressed-tensors", "torchao", "gguf", "lm-eval",
+             "lessons-lib")
 CROSS_MACHINE = ("versions",)  # settings that may differ between this machine's record and the committed one
 
 

@@ -5,6 +5,7 @@ each checking a bench.Budget between measurements); the notebook calls them on a
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import gc
@@ -12,6 +13,7 @@ import math
 import os
 import re
 import statistics
+import sys
 import time
 import traceback
 
@@ -646,6 +648,20 @@ def decode_vs_floor(model, formats: list, read_bw: float, prompt: int = 64, new_
     return rows
 
 
+@contextlib.contextmanager
+def _c_stderr_to_null():
+    """Send file descriptor 2 to /dev/null: the profiler's C++ side logs a line at each start and stop there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def decode_profile(model, prompt: int = 64, steps: int = 4) -> dict:
     """Where a batch-1 decode step's time goes (torch.profiler): linear kernels, attention, other ops, the rest.
 
@@ -664,7 +680,7 @@ def decode_profile(model, prompt: int = 64, steps: int = 4) -> dict:
         for _ in range(2):
             tok = step(model, cache, tok)
         set_cache_length(cache, prompt)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with _c_stderr_to_null(), profile(activities=[ProfilerActivity.CPU]) as prof:
             t0 = time.perf_counter()
             for _ in range(steps):
                 tok = step(model, cache, tok)

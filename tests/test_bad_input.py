@@ -3,10 +3,12 @@ before any deep torch or transformers error: one table of cases per module, and 
 import importlib
 import inspect
 import math
+import pkgutil
 
 import pytest
 import torch
 
+import lessons_lib
 from lessons_lib import (activations, awq, bench, codebooks, data, decide, evaluate, formats, fp8, gptq, hardware,
                          models, quantize, results, smoothquant, throughput, toolkit, validate)
 
@@ -274,8 +276,8 @@ def test_model_functions_refuse_non_models_and_accept_the_tiny_model(tiny):
     assert math.isfinite(evaluate.perplexity(tiny, torch.randint(0, 64, (1, 8)), progress=False))
 
 
-SWEPT = ["validate", "models", "results", "exercises", "evaluate", "data", "quantize", "formats", "fp8", "gptq", "awq",
-         "smoothquant", "activations", "codebooks", "hardware", "bench", "throughput", "decide", "toolkit"]
+# Every module of the library, found rather than listed, so a new module is swept too.
+SWEPT = sorted(m.name for m in pkgutil.iter_modules(lessons_lib.__path__))
 # Functions for which any object is a fine first argument (they report on it, or wrap it).
 ANY_FIRST = {"throughput.guarded", "throughput.strict_json", "data.bos_id"}
 

@@ -78,7 +78,7 @@ def test_split_k_is_the_same_sum():
     w, x = random_w4(64, 512, 64), x_of(1, 512)
     one = w(x, config=with_split(w, 1, 1)).float()
     four = w(x, config=with_split(w, 1, 4)).float()
-    assert gemv.relative_error(four, one) < 1e-2
+    assert kernels.relative_error(four, one) < 1e-2
 
 
 @pytest.mark.parametrize("n,k,m,split", [(64, 128, 1, 1), (45, 100, 3, 2), (64, 96, 16, 1), (30, 80, 12, 3)])

@@ -142,6 +142,27 @@ def test_nvfp4_checkpoint_saved_by_compressed_tensors_decodes_to_our_values(tmp_
     assert torch.equal(stored["weight_scale"].view(torch.uint8), ours.scales)
     assert torch.equal(NVFP4PackedCompressor.decompress(stored, scheme)["weight"].float(), mx.decode(ours))
 
+
+def test_mxfp4_checkpoint_saved_by_compressed_tensors_decodes_to_our_values(tmp_path):
+    """compressed-tensors' MXFP4 preset (E2M1 in blocks of 32 with E8M0 scales, its mxfp4-pack-quantized format):
+    given our power-of-two scales, it stores our packed codes and our scale bytes, and decompresses to our values."""
+    from compressed_tensors.compressors.mxfp4.base import MXFP4PackedCompressor
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from safetensors.torch import load_file, save_file
+
+    scheme = preset_name_to_scheme("MXFP4A16", ["Linear"])
+    assert (scheme.weights.group_size, scheme.weights.scale_dtype) == (mx.FORMATS["mxfp4"].block, torch.uint8)
+    w = _x(32, 64, seed=8)
+    ours = mx.encode(w, "mxfp4")
+    state = {"weight": w, "weight_scale": mx.e8m0_value(ours.scales).reshape(32, -1).float()}
+    save_file({k: v.contiguous() for k, v in MXFP4PackedCompressor.compress(state, scheme).items()},
+              tmp_path / "layer.safetensors")
+    stored = load_file(tmp_path / "layer.safetensors")
+    assert torch.equal(stored["weight_packed"], mx.packed(ours))
+    assert torch.equal(stored["weight_scale"].reshape(-1), ours.scales.reshape(-1))
+    assert torch.equal(MXFP4PackedCompressor.decompress(stored, scheme)["weight"].float(), mx.decode(ours))
+
+
 def test_emulated_schemes_order_their_errors():
     x = _x(seed=6)
     err = {s: (mx.decode(mx.encode(x, mx.scheme("e2m1", 32, s))) - x).pow(2).mean().item() for s in ("e8m0", "e4m3", "fp32")}

@@ -20,6 +20,8 @@ CHATTER = {
     "torch.fx's tracing note": re.compile(r"is_fx_tracing will return true"),
     "transformers' offload note": re.compile(r"Attempting to save a model with offloaded modules"),
     "lm-eval's task chatter": re.compile(r"\[Task: \w+\] metric|appears to be an instruct or chat"),
+    "transformers' BPE clean-up warning": re.compile(r"Ignoring clean_up_tokenization_spaces"),
+    "the profiler's start / stop lines": re.compile(r"SyncActivityProfilerHandler|profiler_(start|stop)"),
 }
 
 
@@ -38,7 +40,9 @@ def compared(cell) -> bool:
 
 
 def output_texts(cell):
-    for out in cell.get("outputs", []):
+    """Every text a cell's stored outputs hold: its outputs, and those kept per CPU kind in its metadata."""
+    kept = cell.get("metadata", {}).get("qht_outputs_by_cpu", {}).values()
+    for out in [*cell.get("outputs", []), *(o for outputs in kept for o in outputs)]:
         if "text" in out:
             yield out["text"]
         for mime, value in out.get("data", {}).items():

@@ -68,3 +68,30 @@ def test_every_notebook_sets_up_colab_from_the_one_repository_url():
     assert result.returncode == 0, result.stdout
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         assert "sys.path.insert" not in nb.read_text(), f"{nb.name}: install the package instead of editing sys.path"
+
+
+def test_every_library_import_is_a_declared_dependency():
+    """Each third-party module lessons_lib imports (at the top or inside a function) comes from a distribution that
+    pyproject.toml declares, as a dependency or in an extra: `pip install .[toolkits,kernels]` gives all of them."""
+    import ast
+    import re
+    from importlib.metadata import packages_distributions
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    declared = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    names = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in declared}
+    owners = packages_distributions()
+    missing = {}
+    for path in sorted((ROOT / "lessons_lib").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                       [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for module in modules:
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top == "lessons_lib":
+                    continue
+                dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+                if not dists & names:
+                    missing.setdefault(top, set()).add(path.name)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"

@@ -4,6 +4,7 @@ small parameters. Outputs are not compared (random weights teach nothing); a cel
 
 What it proves: switching MODEL_ID to a model the course was not tuned on runs every lesson to its end, with the
 default model's own facts skipped and its claims reported (held / not held) instead of asserted."""
+import os
 import re
 import time
 from pathlib import Path
@@ -74,20 +75,35 @@ def tiny_gemma(tmp_path_factory):
     return str(folder), cache
 
 
+@pytest.fixture(scope="module")
+def kernel(tiny_gemma):
+    """One kernel for the whole lane, started with the lane's cache: each notebook's imports (torch, transformers, the
+    toolkits: about 10 s a kernel on 2 cores) are paid once; every notebook starts from an empty namespace."""
+    from jupyter_client.manager import KernelManager
+
+    _, cache = tiny_gemma
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(ROOT / "notebooks"), env={**os.environ, "QHT_CACHE": str(cache), "TQDM_DISABLE": "1"})
+    yield km
+    km.shutdown_kernel(now=True)
+
+
+FRESH = "%reset -f\nimport gc, matplotlib.pyplot\nmatplotlib.pyplot.close('all')\ngc.collect()"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_every_notebook_runs_on_a_tiny_model_of_another_family(path, tiny_gemma, monkeypatch):
+def test_every_notebook_runs_on_a_tiny_model_of_another_family(path, tiny_gemma, kernel):
     from nbclient import NotebookClient
 
-    model_dir, cache = tiny_gemma
+    model_dir, _ = tiny_gemma
     nb = nbformat.read(path, as_version=4)
     params = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("# Parameters"))
     params.source = shrink(params.source, model_dir)
     for cell in nb.cells:
         cell.outputs = [] if cell.cell_type == "code" else getattr(cell, "outputs", None)
-    monkeypatch.setenv("QHT_CACHE", str(cache))
-    monkeypatch.setenv("TQDM_DISABLE", "1")
+    nb.cells.insert(0, nbformat.v4.new_code_cell(FRESH))  # the previous notebook's names and figures are gone
     start = time.perf_counter()
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(nb, km=kernel, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute()
     table = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("claims.table()")]
     print(f"{path.stem}: {time.perf_counter() - start:.0f} s on the tiny Gemma 3"
           + (f", {len(table)} claims table" if table else ""))

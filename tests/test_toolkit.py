@@ -79,3 +79,17 @@ def test_other_schemes_are_refused(w4_checkpoint, w8a8_checkpoint):
     next(iter(q["config_groups"].values()))["weights"]["symmetric"] = False
     with pytest.raises(ValueError, match="takes two schemes"):
         toolkit._kernel_scheme(SimpleNamespace(quantization_config=q))
+
+
+def test_w4a16_checkpoint_codes_run_in_the_course_triton_kernel(w4_checkpoint):
+    """llm-compressor's own 4-bit codes and group scales, unpacked by load_on_kernels, go into lesson 08b's Triton
+    W4A16 kernel unchanged: the same dequantized weight, and the same product as the checkpoint's float weight."""
+    from lessons_lib import gemv
+
+    reference, fast = toolkit.reload(w4_checkpoint), toolkit.load_on_kernels(w4_checkpoint)
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"):
+        ours = gemv.W4A16.from_int4(fast.get_submodule(name).qw)
+        w = reference.get_submodule(name).weight.detach().float()
+        assert torch.allclose(ours.dequantize(), w, rtol=1e-2, atol=1e-4)  # the checkpoint's codes, bf16 scales
+        x = torch.randn(2, ours.in_features, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+        assert kernels.relative_error(ours(x), x.float() @ w.T) < 2e-2
