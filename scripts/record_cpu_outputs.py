@@ -55,7 +55,9 @@ def record(executed: Path, new_from: str | None = None, notebooks: Path = ROOT /
             by_cpu = old.metadata.get("qht_outputs_by_cpu")
             if before is not None and old.source not in before:
                 old.outputs, old.execution_count = new.outputs, new.execution_count
-                plain = 'check("' in old.source or old.source.rstrip().endswith("plt.show()") or not texts(new.outputs)
+                plain = re.search(r'(^|[^.\w])check\("', old.source) or old.source.rstrip().endswith("plt.show()") \
+                    or not texts(new.outputs)  # an exercise check (not claims.check), a plot, or no text
+                old.metadata.pop("qht_outputs_by_cpu", None)  # outputs of the old source are stale on every kind
                 if not plain:
                     old.metadata["qht_outputs_by_cpu"] = {kind: new.outputs}
                 changed += 1
