@@ -24,6 +24,26 @@ def pytest_runtest_logreport(report):
     _durations[path if path.endswith(".ipynb") else lane] += report.duration
 
 
+_executed: dict = {}  # QHT_SAVE_OUTPUTS=DIR: each notebook nbval ran, its cells holding this run's outputs
+
+
+def pytest_runtest_teardown(item):
+    """With QHT_SAVE_OUTPUTS=DIR, keep what each notebook cell printed (scripts/record_cpu_outputs.py DIR stores it)."""
+    if os.environ.get("QHT_SAVE_OUTPUTS") and getattr(item, "test_outputs", None) is not None and hasattr(item, "cell"):
+        item.cell.outputs = item.test_outputs
+        _executed[str(item.parent.fspath)] = item.parent.nb
+
+
+def pytest_sessionfinish(session):
+    if _executed:
+        import nbformat
+
+        out = os.environ["QHT_SAVE_OUTPUTS"]
+        os.makedirs(out, exist_ok=True)
+        for path, nb in _executed.items():
+            nbformat.write(nb, os.path.join(out, os.path.basename(path)))
+
+
 def pytest_terminal_summary(terminalreporter):
     if _durations:
         terminalreporter.section("time per notebook (s)")

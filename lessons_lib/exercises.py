@@ -228,7 +228,7 @@ def _mxfp4_inputs(gen: torch.Generator) -> tuple:
     return packed, torch.randint(118, 134, (n, blocks), generator=gen).to(torch.uint8)
 
 
-def _mxfp4_reference(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def _mxfp4_solution(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """The library's MXFP4 decode of pairs-packed codes and E8M0 scale bytes."""
     mx = _microscaling()
     return mx.decode(mx.Encoded(mx.FORMATS["mxfp4"], mx.unpack_bits(packed, 4), scales))
@@ -238,11 +238,11 @@ def _mxfp4_diagnose(args: tuple, got: torch.Tensor, expected: torch.Tensor) -> s
     """Name the usual slips of MXFP4 decoding, else the first element that differs."""
     packed, scales = args
     swapped = ((packed & 0xF) << 4 | packed >> 4).to(torch.uint8)
-    if torch.allclose(got, _mxfp4_reference(swapped, scales)):
+    if torch.allclose(got, _mxfp4_solution(swapped, scales)):
         return "the two codes of each byte are swapped: the low nibble holds the even element"
     if torch.allclose(got.abs(), expected.abs()):
         return "the signs are off: bit 3 of each code is the sign"
-    if torch.allclose(got, _mxfp4_reference(packed, scales) * 2.0**127) or torch.allclose(got, expected * 2):
+    if torch.allclose(got, _mxfp4_solution(packed, scales) * 2.0**127) or torch.allclose(got, expected * 2):
         return "the scale exponent is off: an E8M0 byte b means 2**(b - 127)"
     return _where(got, expected)
 
@@ -259,7 +259,7 @@ class CodeExercise:
     """A function to write: the checker calls it and the library on fresh random inputs and says what differs."""
 
     question: str
-    reference: Callable
+    solution: Callable  # the library's answer the learner's function is checked against
     inputs: Callable[[torch.Generator], tuple]
     diagnose: Callable[[tuple, torch.Tensor, torch.Tensor], str]
     hint: str
@@ -349,7 +349,7 @@ def _gptq_inputs(gen: torch.Generator) -> tuple:
     return w, u, i, torch.round(w[:, i] * 2) / 2
 
 
-def _w8a8_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _w8a8_solution(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """INT8 per token times INT8 per output channel, symmetric: the product of the two fake-quantized operands."""
     return quantize.fake_quant(x, 8, "token").double() @ quantize.fake_quant(w, 8, "channel").double().T
 
@@ -462,7 +462,7 @@ CODE_EXERCISES: dict[str, CodeExercise] = {
         "Write w8a8_matmul(x, w) -> y [tokens, out]: x [tokens, in] to INT8 with one symmetric scale per token (row), w "
         "[out, in] with one per output channel (row), both absmax / 127; multiply the integer codes (accumulate in "
         "int32, or float64), then multiply by the token's and the channel's scales.",
-        _w8a8_reference, _w8a8_inputs,
+        _w8a8_solution, _w8a8_inputs,
         _slips(("one scale for all of x: per token means absmax over each row of x",
                 lambda x, w: quantize.fake_quant(x, 8, "tensor").double() @ quantize.fake_quant(w, 8, "channel").double().T),
                ("one scale for all of w: per channel means absmax over each row of w",
@@ -505,7 +505,7 @@ CODE_EXERCISES: dict[str, CodeExercise] = {
         "Write decode_mxfp4(packed, scales) -> float32 [rows, 32 x blocks]: packed is uint8 [rows, 16 x blocks] (element "
         "2j in the low nibble, 2j + 1 in the high one; each nibble an E2M1 code: sign, 2 exponent bits, 1 mantissa bit), "
         "scales is uint8 [rows, blocks] of E8M0 bytes, one per 32 elements.",
-        _mxfp4_reference, _mxfp4_inputs, _mxfp4_diagnose,
+        _mxfp4_solution, _mxfp4_inputs, _mxfp4_diagnose,
         "E2M1 magnitudes by code & 7: [0, 0.5, 1, 1.5, 2, 3, 4, 6]; code & 8 is the sign; an E8M0 byte b is 2**(b - 127); "
         "repeat each block's scale 32 times along the row (repeat_interleave).",
     ),
@@ -533,7 +533,7 @@ def check_code(key: str, answer, trials: int = 3, seed: int = 0) -> bool:
     gen = torch.Generator().manual_seed(seed)
     for t in range(trials):
         args = ex.inputs(gen)
-        expected = torch.as_tensor(ex.reference(*args)).float()
+        expected = torch.as_tensor(ex.solution(*args)).float()
         try:
             got = torch.as_tensor(call(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])).float()
         except Exception as e:  # noqa: BLE001  (the learner's error, reported)

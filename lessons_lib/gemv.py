@@ -29,7 +29,7 @@ except ImportError as e:  # the GPU lane brings its own Triton; the CPU lane pin
     raise ImportError("lesson 08b needs Triton: `pip install triton==3.9.0` (CPU lane, for its interpreter; a "
                       "286 MB wheel), or the Triton that comes with a CUDA build of torch") from e
 
-from . import kernels  # noqa: E402  (after TRITON_INTERPRET is set)
+from . import fp8, kernels  # noqa: E402  (after TRITON_INTERPRET is set)
 
 ACT_DTYPES = (torch.bfloat16, torch.float16)  # the A16 of W4A16
 TOLERANCE = 1e-2  # relative error against float32 on the same dequantized weight (16-bit output rounding)
@@ -297,8 +297,8 @@ class FP8:
     @classmethod
     def from_float(cls, w: torch.Tensor, act_dtype: torch.dtype = torch.bfloat16) -> FP8:
         """Per-row absmax scaling to e4m3's largest value, 448 (as kernels' FP8 weights are scaled)."""
-        scale = w.float().abs().amax(dim=1).clamp(min=1e-12) / 448.0
-        return cls((w.float() / scale[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn), scale, act_dtype)
+        scale, top = fp8.scales(w, "e4m3", "row")[:, 0], fp8.max_value("e4m3")  # lesson 07's scaling
+        return cls((w.float() / scale[:, None]).clamp(-top, top).to(torch.float8_e4m3fn), scale, act_dtype)
 
     @classmethod
     def from_fp8(cls, qw) -> FP8:
@@ -353,7 +353,7 @@ def swap_linears(model: torch.nn.Module, kind: str, group_size: int = 128, skip:
 
 
 # ----------------------------------------------------------------------------------------------- checks
-def reference(weight, x: torch.Tensor) -> torch.Tensor:
+def dequantized_matmul(weight, x: torch.Tensor) -> torch.Tensor:
     """float32 x @ W.T from the dequantized weight: what the kernel must reproduce."""
     return x.float() @ weight.dequantize().T
 
@@ -361,7 +361,7 @@ def reference(weight, x: torch.Tensor) -> torch.Tensor:
 def check(weight, x: torch.Tensor, **launch) -> dict:
     """Kernel against reference dequantize + matmul: relative error, worst element, and pass/fail."""
     y = weight(x, **launch)
-    ref = reference(weight, x)
+    ref = dequantized_matmul(weight, x)
     err = kernels.relative_error(y, ref)
     return {"batch": x.shape[0], "out": weight.out_features, "in": weight.in_features,
             "relative_error": err, "max_abs_error": (y.float() - ref).abs().max().item(),

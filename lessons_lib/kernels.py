@@ -1,6 +1,6 @@
 """Weight formats on real kernels: y = x @ W.T, W [out, in] stored in 8 formats, one FORMATS entry each.
 
-quantize(fmt, w) refuses what cannot run (UnsupportedKernel, saying why); qw(x) runs the kernel and qw.reference(x)
+quantize(fmt, w) refuses what cannot run (UnsupportedKernel, saying why); qw(x) runs the kernel and qw.dequantized_matmul(x)
 the same product in float32 from the dequantized operands. lessons_lib.probing tries every entry on a device.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 
 from . import fp8, validate
 from .models import decoder_linears
-from .quantize import check_float, quantize_rtn, relative_error  # noqa: F401 (used as kernels.relative_error)
+from .quantize import absmax_scale, check_float, quantize_rtn, relative_error  # noqa: F401 (used as kernels.relative_error)
 
 RENAMED = {"int8_wo": "int8_weight_only", "int4_wo": "int4_weight_only", "fp8": "fp8_w8a8"}  # old names, refused
 
@@ -88,7 +88,7 @@ class QuantWeight:
         """The float32 [out, in] weight the kernel multiplies by."""
         raise NotImplementedError
 
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
+    def dequantized_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """float32 x @ W.T from the operands the kernel really multiplies (dequantized)."""
         return x.to(self.act_dtype).float() @ self.dequantize().T
 
@@ -151,7 +151,7 @@ class _W8A8(QuantWeight):
         rows = max(least, -(-m // multiple) * multiple)
         return self._mm(*self._act(x if rows == m else F.pad(x, (0, 0, 0, rows - m))))[:m]
 
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
+    def dequantized_matmul(self, x: torch.Tensor) -> torch.Tensor:
         xq, xs = self._act(x.to(self.act_dtype))
         return (xq.float() * xs) @ self.dequantize().T
 
@@ -189,7 +189,7 @@ class Int8W8A8(_W8A8):
     def _act(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # one scale per token (or for the tensor): absmax / 127, codes -127..127; compressed-tensors' 127.5: -128..127
         rows = x if self.per_token else x.reshape(1, -1)
-        scale = rows.float().abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / self.act_half_range
+        scale = absmax_scale(rows.float(), self.act_half_range)  # lesson 02's symmetric scale
         return (x.float() / scale).round().clamp(-128, 127).to(torch.int8), scale
 
     def _mm(self, xq: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
@@ -314,7 +314,7 @@ class Format:
     storage: str  # what a deployment planner counts per weight (a hardware.BYTES_PER_WEIGHT key)
     computes_in: tuple[str, str]  # (on CUDA, on a CPU): which measured matmul peak bounds its compute
     build: Callable[..., QuantWeight]  # (w, act_dtype, group_size, **options) -> QuantWeight
-    notes: tuple | None = None  # ((native?, what runs) on CUDA, on a CPU); None: dense, per the device's arithmetic
+    notes: Callable[[torch.device], tuple[bool, str]]  # device -> (native?, what actually runs there)
     cannot_run: Callable[[int, int, int | None, tuple | None], str | None] = lambda n, k, g, cc: None
     groups: tuple[int, ...] = ()  # group sizes the kernel takes, the default first; () = no groups
     min_cc: tuple = ()  # ((major, minor), why): the oldest CUDA compute capability its kernel runs on
@@ -334,8 +334,29 @@ def _int4_rule(n: int, k: int, g: int | None, cc: tuple | None) -> str | None:
     return f"tinygemm needs out_features to be a multiple of 8, got {n}" if n % 8 else None
 
 
+def _on(cuda: tuple[bool, str], cpu: tuple[bool, str]) -> Callable[[torch.device], tuple[bool, str]]:
+    """A quantized format's notes: one fixed kernel on CUDA, another on a CPU."""
+    return lambda device: cuda if device.type == "cuda" else cpu
+
+
+def _dense_note(fmt: str) -> Callable[[torch.device], tuple[bool, str]]:
+    """A float format's notes: native where the device has arithmetic in that type."""
+    def note(device: torch.device) -> tuple[bool, str]:
+        if fmt == "fp32":
+            return True, "cuBLAS fp32 GEMM (TF32 off)" if device.type == "cuda" else "oneDNN/MKL fp32 GEMM"
+        if device.type == "cuda":
+            ok = fmt == "fp16" or compute_capability(device) >= (8, 0)
+            return ok, f"cuBLAS {fmt} tensor-core GEMM" if ok else "bf16 without bf16 tensor cores (emulated)"
+        hw = (f"avx512_{fmt}", f"amx_{fmt}")
+        if any(flag in cpu_flags() for flag in hw):
+            return True, f"oneDNN {fmt} GEMM on {'/'.join(hw)} units"
+        return False, f"this CPU has no {fmt} arithmetic ({' or '.join(hw)}): oneDNN converts to fp32 inside"
+    return note
+
+
 def _dense(name: str, tolerance: float, roof: tuple[str, str]) -> Format:
-    return Format(name, 16 if name != "fp32" else 32, tolerance, name, roof, lambda w, act, g: Dense(w, name))
+    return Format(name, 16 if name != "fp32" else 32, tolerance, name, roof, lambda w, act, g: Dense(w, name),
+                  _dense_note(name))
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
@@ -343,31 +364,31 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     _dense("bf16", 1e-2, ("bf16", "bf16")),
     _dense("fp16", 5e-3, ("fp16", "fp32")),
     Format("int8_weight_only", 8, 1e-2, "int8", ("fp32", "bf16"), lambda w, act, g: Int8WeightOnly(w, act),
-           ((False, "torch's CUDA _weight_int8pack_mm is a naive kernel (one thread per output, CUDA cores, float "
-                    "math): it runs, but is no tuned weight-only GEMM"),
-            (True, "torch's CPU _weight_int8pack_mm (vectorized int8 -> float dot products)")),
+           _on((False, "torch's CUDA _weight_int8pack_mm is a naive kernel (one thread per output, CUDA cores, float "
+                        "math): it runs, but is no tuned weight-only GEMM"),
+                (True, "torch's CPU _weight_int8pack_mm (vectorized int8 -> float dot products)")),
            lambda n, k, g, cc: _missing("_weight_int8pack_mm")),
     Format("int8_w8a8", 8, 1e-2, "int8", ("int8", "int8"), lambda w, act, g, **o: Int8W8A8(w, act, **o),
-           ((True, "cuBLASLt int8 tensor-core GEMM via _int_mm (batch padded to >= 32 rows, multiple of 8)"),
-            (True, "oneDNN int8 GEMM via _int_mm with AVX512 VNNI; on an AVX2 CPU the same int8 codes on float units (kernels.fast_int8_cpu)")),
+           _on((True, "cuBLASLt int8 tensor-core GEMM via _int_mm (batch padded to >= 32 rows, multiple of 8)"),
+                (True, "oneDNN int8 GEMM via _int_mm with AVX512 VNNI; on an AVX2 CPU the same int8 codes on float units (kernels.fast_int8_cpu)")),
            lambda n, k, g, cc: (f"CUDA _int_mm needs in and out features that are multiples of 8, got in={k}, out={n}"
                                 if cc and (k % 8 or n % 8) else None),
            min_cc=((7, 5), "int8 _int_mm needs int8 tensor cores (compute capability >= 7.5)")),
     Format("int4_weight_only", 4, 2e-2, "int4", ("bf16", "bf16"),
            lambda w, act, g, **o: Int4WeightOnly(w, act, g, **o),
-           ((True, "tinygemm: int4 unpacked to bf16 in registers, bf16 mma.sync tensor cores"),
-            (True, "torch's CPU _weight_int4pack_mm_for_cpu (AVX512/AVX2 dequantize-in-kernel)")),
+           _on((True, "tinygemm: int4 unpacked to bf16 in registers, bf16 mma.sync tensor cores"),
+                (True, "torch's CPU _weight_int4pack_mm_for_cpu (AVX512/AVX2 dequantize-in-kernel)")),
            _int4_rule, groups=(128, 32, 64, 256), min_cc=((8, 0), "int4 tinygemm (_weight_int4pack_mm) uses bf16 "
                                                            "tensor-core mma (m16n8k16): it needs compute capability "
                                                            ">= 8.0")),
     Format("nf4", 4, 2e-2, "nf4", ("bf16", "bf16"), lambda w, act, g: NF4(w, act, g),
-           ((True, "bitsandbytes gemm_4bit: fused NF4 kernel at small batch, dequantize + cuBLAS above"),
-            (False, "no fused NF4 kernel on this CPU: bitsandbytes dequantizes the whole weight, then F.linear")),
+           _on((True, "bitsandbytes gemm_4bit: fused NF4 kernel at small batch, dequantize + cuBLAS above"),
+                (False, "no fused NF4 kernel on this CPU: bitsandbytes dequantizes the whole weight, then F.linear")),
            lambda n, k, g, cc: None if _bnb() else "bitsandbytes is not installed (or does not load): "
                                                    "`pip install bitsandbytes`", groups=(64,)),
     Format("fp8_w8a8", 8, 2e-2, "fp8", ("fp8", "fp32"), lambda w, act, g, **o: FP8W8A8(w, act, **o),
-           ((True, "cuBLASLt/CUTLASS e4m3 tensor-core GEMM via _scaled_mm (batch padded to a multiple of 16)"),
-            (False, "no FP8 arithmetic on a CPU: torch's CPU _scaled_mm emulates it (slow)")),
+           _on((True, "cuBLASLt/CUTLASS e4m3 tensor-core GEMM via _scaled_mm (batch padded to a multiple of 16)"),
+                (False, "no FP8 arithmetic on a CPU: torch's CPU _scaled_mm emulates it (slow)")),
            lambda n, k, g, cc: (f"torch {torch.__version__} has no float8_e4m3fn dtype: upgrade torch"
                                 if not hasattr(torch, "float8_e4m3fn") else
                                 f"_scaled_mm needs in and out features that are multiples of 16, got in={k}, out={n}"
@@ -406,7 +427,7 @@ def unsupported_reason(fmt: str, device: str | torch.device, out_features: int =
         return e.args[0]
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
-        return None if f.notes is None else f"{fmt} kernels are only wired up for CPU and CUDA here"
+        return None if f.storage == f.name else f"{fmt} kernels are only wired up for CPU and CUDA here"  # float: any device
     if device.type == "cuda" and torch.version.cuda is None:
         return (f"a CUDA device was asked for, but this torch ({torch.__version__}) is a CPU-only build: install a "
                 "CUDA build of torch (https://pytorch.org/get-started) or use device='cpu'")
@@ -428,19 +449,7 @@ def require(fmt: str, device: str | torch.device, out_features: int = 256, in_fe
 
 def native_note(fmt: str, device: str | torch.device) -> tuple[bool, str]:
     """(native?, what actually runs) for a format that does run on this device."""
-    device, f = torch.device(device), format_info(fmt)
-    cuda = device.type == "cuda"
-    if f.notes is not None:
-        return f.notes[0] if cuda else f.notes[1]
-    if fmt == "fp32":
-        return True, "cuBLAS fp32 GEMM (TF32 off)" if cuda else "oneDNN/MKL fp32 GEMM"
-    if cuda:
-        ok = fmt == "fp16" or compute_capability(device) >= (8, 0)
-        return ok, f"cuBLAS {fmt} tensor-core GEMM" if ok else "bf16 without bf16 tensor cores (emulated)"
-    hw = (f"avx512_{fmt}", f"amx_{fmt}")
-    if any(flag in cpu_flags() for flag in hw):
-        return True, f"oneDNN {fmt} GEMM on {'/'.join(hw)} units"
-    return False, f"this CPU has no {fmt} arithmetic ({' or '.join(hw)}): oneDNN converts to fp32 inside"
+    return format_info(fmt).notes(torch.device(device))
 
 
 def quantize(fmt: str, w: torch.Tensor, act_dtype: torch.dtype | None = None, group_size: int | None = None,
@@ -464,7 +473,7 @@ def check(qw: QuantWeight, x: torch.Tensor, w: torch.Tensor | None = None) -> di
     """Kernel error against float32 on the dequantized operands (and, given w, the full error vs float w)."""
     with torch.no_grad():
         y = qw(x.to(qw.act_dtype))
-        out = {"kernel_error": relative_error(y, qw.reference(x)), "tolerance": FORMATS[qw.fmt].tolerance}
+        out = {"kernel_error": relative_error(y, qw.dequantized_matmul(x)), "tolerance": FORMATS[qw.fmt].tolerance}
         out["passes"] = out["kernel_error"] <= out["tolerance"] and bool(torch.isfinite(y).all())
         if w is not None:
             out["error_vs_float"] = relative_error(y, x.float() @ w.float().T)

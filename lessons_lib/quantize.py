@@ -49,6 +49,11 @@ def _rows(x: torch.Tensor, granularity: str, group_size: int | None) -> torch.Te
     return x.reshape(-1, group_size)
 
 
+def absmax_scale(rows: torch.Tensor, qmax: float, clip: float = 1.0) -> torch.Tensor:
+    """The symmetric scale of each row (last dimension): its largest magnitude, times clip, maps to code qmax."""
+    return (rows.abs().amax(-1, keepdim=True) * clip / qmax).clamp_min(1e-12)  # an all-zero row: a tiny scale
+
+
 @dataclass
 class Quantized:
     """Integer codes with their scale and zero-point per row of `rows` (see _rows), and the float reconstruction."""
@@ -78,7 +83,7 @@ def quantize_rtn(x: torch.Tensor, bits: int = 8, granularity: str = "tensor", gr
     if symmetric:
         qmax = 2 ** (bits - 1) - 1  # restricted range +-qmax: zero sits exactly in the middle
         qmin = -qmax
-        scale = rows.abs().amax(1, keepdim=True) * clip / qmax
+        scale = absmax_scale(rows, qmax, clip)
         zero = torch.zeros_like(scale)
     elif float_offset:
         qmax = 2**bits - 1

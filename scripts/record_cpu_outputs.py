@@ -12,7 +12,8 @@ notebooks on this machine into a folder, then record:
 For every code cell whose executed outputs do not agree with the stored ones (conftest.outputs_agree), both are kept
 in the cell's metadata "qht_outputs_by_cpu" under their CPU kinds (the stored ones under the notebook's "qht_cpu").
 With --new-from REV, cells whose source is not in REV's notebook take the executed outputs; unless they are exercise
-checks or plots, they are recorded for this kind only and compared nowhere else until this script runs there.
+checks, plots or cells nbval ignores, they are recorded for this kind only and compared nowhere else until this script
+runs there.
 """
 import argparse
 import re
@@ -50,8 +51,13 @@ def record(executed: Path, new_from: str | None = None, notebooks: Path = ROOT /
         before = old_sources(new_from, path) if new_from else None
         changed = 0
         for old, new in zip(stored.cells, run.cells):
-            if old.cell_type != "code" or re.search(r"^\s*#\s*NBVAL_(IGNORE_OUTPUT|SKIP)\s*$", old.source, re.M):
-                continue  # nbval does not compare it anywhere
+            if old.cell_type != "code":
+                continue
+            if re.search(r"^\s*#\s*NBVAL_(IGNORE_OUTPUT|SKIP)\s*$", old.source, re.M):  # nbval compares it nowhere
+                if before is not None and old.source not in before:  # changed: its old outputs are stale to a reader
+                    old.outputs, old.execution_count = new.outputs, new.execution_count
+                    changed += 1
+                continue
             by_cpu = old.metadata.get("qht_outputs_by_cpu")
             if before is not None and old.source not in before:
                 old.outputs, old.execution_count = new.outputs, new.execution_count

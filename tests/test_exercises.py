@@ -82,8 +82,8 @@ def test_unknown_keys_are_refused(key):
 @pytest.mark.parametrize("key", sorted(k for k, ex in exercises.CODE_EXERCISES.items() if not ex.elementwise))
 def test_code_checkers_refuse_wrong_functions_and_name_the_usual_slips(key, capsys):
     ex = exercises.CODE_EXERCISES[key]
-    assert exercises.check(key, ex.reference)  # the library's own function passes
-    assert not exercises.check(key, lambda *a: torch.as_tensor(ex.reference(*a)) * 1.01 + 0.01)
+    assert exercises.check(key, ex.solution)  # the library's own function passes
+    assert not exercises.check(key, lambda *a: torch.as_tensor(ex.solution(*a)) * 1.01 + 0.01)
     assert not exercises.check(key, lambda *a: 1 / 0)
     assert "raised ZeroDivisionError" in capsys.readouterr().out
     for message, slip in getattr(ex.diagnose, "slips", ()):
@@ -100,7 +100,7 @@ def test_the_gptq_step_reference_is_one_step_of_the_library_loop():
     lib = gptq.gptq_quantize(w, h, bits=4, group_size=None, block=24).weight
     s, z, qmin, qmax = gptq.grid(w, 4, True)
     u = gptq._inverse_cholesky(h.double() + 0.01 * h.diagonal().mean() * torch.eye(24, dtype=torch.float64)).float()
-    step = exercises.CODE_EXERCISES["04.gptq_step"].reference
+    step = exercises.CODE_EXERCISES["04.gptq_step"].solution
     W = w.clone()
     for i in range(24):
         W = step(W, u, i, gptq.quantize_column(W[:, i], s[:, 0], z[:, 0], qmin, qmax))
