@@ -30,6 +30,9 @@ _executed: dict = {}  # QHT_SAVE_OUTPUTS=DIR: each notebook nbval ran, its cells
 def pytest_runtest_teardown(item):
     """With QHT_SAVE_OUTPUTS=DIR, keep what each notebook cell printed (scripts/record_cpu_outputs.py DIR stores it)."""
     if os.environ.get("QHT_SAVE_OUTPUTS") and getattr(item, "test_outputs", None) is not None and hasattr(item, "cell"):
+        for out in item.test_outputs:  # nbval numbers no results; give them the cell's number, as Jupyter does
+            if out.get("output_type") == "execute_result":
+                out["execution_count"] = item.cell.get("execution_count")
         item.cell.outputs = item.test_outputs
         _executed[str(item.parent.fspath)] = item.parent.nb
 

@@ -12,7 +12,7 @@ notebooks on this machine into a folder, then record:
 For every code cell whose executed outputs do not agree with the stored ones (conftest.outputs_agree), both are kept
 in the cell's metadata "qht_outputs_by_cpu" under their CPU kinds (the stored ones under the notebook's "qht_cpu").
 With --new-from REV, cells whose source is not in REV's notebook take the executed outputs; unless they are exercise
-checks, plots or cells nbval ignores, they are recorded for this kind only and compared nowhere else until this script
+checks, figures without printed text or cells nbval ignores, they are recorded for this kind only and compared nowhere else until this script
 runs there.
 """
 import argparse
@@ -61,8 +61,8 @@ def record(executed: Path, new_from: str | None = None, notebooks: Path = ROOT /
             by_cpu = old.metadata.get("qht_outputs_by_cpu")
             if before is not None and old.source not in before:
                 old.outputs, old.execution_count = new.outputs, new.execution_count
-                plain = re.search(r'(^|[^.\w])check\("', old.source) or old.source.rstrip().endswith("plt.show()") \
-                    or not texts(new.outputs)  # an exercise check (not claims.check), a plot, or no text
+                plain = re.search(r'(^|[^.\w])check\("', old.source) or all(  # an exercise check (not claims.check),
+                    re.fullmatch(r"<Figure size [^>]*>", t.strip()) for _, t in texts(new.outputs))  # or only a figure
                 old.metadata.pop("qht_outputs_by_cpu", None)  # outputs of the old source are stale on every kind
                 if not plain:
                     old.metadata["qht_outputs_by_cpu"] = {kind: new.outputs}
