@@ -320,6 +320,11 @@ class Format:
     min_cc: tuple = ()  # ((major, minor), why): the oldest CUDA compute capability its kernel runs on
     variants: tuple[dict, ...] = field(default=({},))  # options the probe tries in order when one raises
 
+    @property
+    def is_float(self) -> bool:
+        """A plain float format (fp32, bf16, fp16): stored as itself, runs on any device."""
+        return self.storage == self.name
+
 
 def _missing(op: str) -> str | None:
     return None if hasattr(torch, op) else f"torch {torch.__version__} has no {op}: upgrade torch"
@@ -427,7 +432,7 @@ def unsupported_reason(fmt: str, device: str | torch.device, out_features: int =
         return e.args[0]
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
-        return None if f.storage == f.name else f"{fmt} kernels are only wired up for CPU and CUDA here"  # float: any device
+        return None if f.is_float else f"{fmt} kernels are only wired up for CPU and CUDA here"
     if device.type == "cuda" and torch.version.cuda is None:
         return (f"a CUDA device was asked for, but this torch ({torch.__version__}) is a CPU-only build: install a "
                 "CUDA build of torch (https://pytorch.org/get-started) or use device='cpu'")

@@ -12,8 +12,8 @@ notebooks on this machine into a folder, then record:
 For every code cell whose executed outputs do not agree with the stored ones (conftest.outputs_agree), both are kept
 in the cell's metadata "qht_outputs_by_cpu" under their CPU kinds (the stored ones under the notebook's "qht_cpu").
 With --new-from REV, cells whose source is not in REV's notebook take the executed outputs; unless they are exercise
-checks, figures without printed text or cells nbval ignores, they are recorded for this kind only and compared nowhere else until this script
-runs there.
+checks, figures without printed text or cells nbval ignores, they are recorded for this kind only and compared
+nowhere else until this script runs there.
 """
 import argparse
 import re

@@ -193,7 +193,7 @@ def test_every_format_is_one_registry_entry():
     for name, f in kernels.FORMATS.items():
         assert f.name == name and f.bits in (4, 8, 16, 32) and 0 < f.tolerance < 0.05
         assert f.storage in ("fp32", "bf16", "fp16", "int8", "int4", "nf4", "fp8")
-        devices = ["cpu"] if f.storage == name else ["cpu", "cuda"]  # a float format asks the GPU what it has
+        devices = ["cpu"] if f.is_float else ["cpu", "cuda"]  # a float format asks the GPU what it has
         for device in devices:
             native, what = f.notes(torch.device(device))
             assert isinstance(native, bool) and isinstance(what, str) and what
