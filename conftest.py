@@ -30,6 +30,8 @@ _executed: dict = {}  # QHT_SAVE_OUTPUTS=DIR: each notebook nbval ran, its cells
 def pytest_runtest_teardown(item):
     """With QHT_SAVE_OUTPUTS=DIR, keep what each notebook cell printed (scripts/record_cpu_outputs.py DIR stores it)."""
     if os.environ.get("QHT_SAVE_OUTPUTS") and getattr(item, "test_outputs", None) is not None and hasattr(item, "cell"):
+        if item.cell.get("execution_count") is None:  # a cell never run before: nbval skips an unrun cell with outputs
+            item.cell["execution_count"] = item.parent.nb.cells.index(item.cell) + 1
         for out in item.test_outputs:  # nbval numbers no results; give them the cell's number, as Jupyter does
             if out.get("output_type") == "execute_result":
                 out["execution_count"] = item.cell.get("execution_count")

@@ -69,6 +69,12 @@ def test_the_ratio_reads_markers_as_nbval_does():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_with_outputs_has_a_number(path):
+    unnumbered = [i for i, c in enumerate(code_cells(path)) if c.get("outputs") and c.get("execution_count") is None]
+    assert not unnumbered, f"{path.name}: code cells {unnumbered} hold outputs but no execution_count (nbval fails them)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_no_machine_path_in_stored_outputs(path):
     found = [(i, m.group(0), text[max(0, m.start() - 40): m.end() + 40])
              for i, c in enumerate(code_cells(path)) for text in output_texts(c) for m in MACHINE_PATH.finditer(text)]
