@@ -8,6 +8,7 @@ import pkgutil
 import pytest
 import torch
 
+from lessons_lib import gemv  # noqa: F401  (first: it sets TRITON_INTERPRET before bitsandbytes imports Triton)
 import lessons_lib
 from lessons_lib import (activations, awq, bench, codebooks, data, decide, evaluate, formats, fp8, gptq, hardware,
                          models, quantize, results, smoothquant, throughput, toolkit, validate)

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from lessons_lib import gemv  # noqa: F401  (first: it sets TRITON_INTERPRET before bitsandbytes imports Triton)
 from lessons_lib import kernels, probing
 
 CPU_FORMATS = [f for f in kernels.FORMATS if kernels.unsupported_reason(f, "cpu") is None]
