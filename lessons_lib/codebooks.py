@@ -104,7 +104,7 @@ def bnb_roundtrip(w: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64,
     import bitsandbytes.functional as bnbf
 
     check_bnb_4bit(quant_type, blocksize)
-    validate.tensor(w, "w", kind="float")
+    validate.tensor(w, "w", dims=(1, 2, 3, 4), kind="float", todo="pass a weight tensor, e.g. a linear layer's [out, in]")
     validate.flag(double_quant, "double_quant")
     packed, state = bnbf.quantize_4bit(w.detach().float().contiguous(), blocksize=blocksize, quant_type=quant_type,
                                         compress_statistics=double_quant)

@@ -181,7 +181,13 @@ def paired_interval(a: torch.Tensor, b: torch.Tensor, exp: bool = False, level: 
 
     a, b: per-window values [n] or per-token values [n_windows, tokens] of two models on the same windows;
     exp=True compares exp(mean) (perplexity from NLL); block: resample blocks of that many tokens instead of windows."""
-    a, b = (torch.as_tensor(v) for v in (a, b))
+    try:
+        a, b = (torch.as_tensor(v).double() for v in (a, b))
+    except (TypeError, RuntimeError, ValueError) as err:
+        raise validate.BadInput(f"a and b must be numbers per window or per token (tensors or lists), got "
+                                f"{type(a).__name__} and {type(b).__name__}: pass Scores.nll of two models") from err
+    for v, n in ((a, "a"), (b, "b")):
+        validate.tensor(v, n, nonempty=False, todo="a NaN or Inf per-token value means a model overflowed: find it first")
     if a.shape != b.shape or a.numel() == 0 or a.dim() not in (1, 2):
         raise validate.BadInput(f"a and b must be per-window [n] or per-token [n, tokens] values of the same windows, "
                                 f"got shapes {tuple(a.shape)} and {tuple(b.shape)}")

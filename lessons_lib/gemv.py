@@ -194,7 +194,7 @@ def _launch(kernel, x: torch.Tensor, n: int, k: int, cfg: Config, args: tuple, e
 # ----------------------------------------------------------------------------------------------- weights
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
     """Codes 0..15 [N, K] -> uint8 [N, K / 2]: column 2j in the high nibble, 2j + 1 in the low one."""
-    if not isinstance(q, torch.Tensor) or q.is_floating_point():
+    if not isinstance(q, torch.Tensor) or q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
         raise KernelError(f"codes must be an integer torch.Tensor [out, in], got {type(q).__name__}")
     if q.dim() != 2 or q.shape[1] % 2:
         raise KernelError(f"codes must be [out, in] with an even number of inputs, got {tuple(q.shape)}")

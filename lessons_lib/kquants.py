@@ -45,6 +45,15 @@ def flat_bits_per_weight(fmt: str) -> float:
     return storage_bits(bits, 32, 16)
 
 
+def _check_importance(importance: torch.Tensor | None, cols: int) -> None:
+    """None, or one nonnegative finite value per input channel."""
+    if importance is not None:
+        validate.tensor(importance, "importance", dims=1, kind="float")
+        if importance.shape[0] != cols or bool((importance < 0).any()):
+            raise validate.BadInput(f"importance must hold one nonnegative value per input channel ({cols}), "
+                                    f"got shape {tuple(importance.shape)}: use kquants.importance_matrix(...)")
+
+
 def _check(x: torch.Tensor, fmt: str, importance: torch.Tensor | None) -> np.ndarray:
     validate.choice(fmt, "GGUF format", FORMATS)
     validate.tensor(x, "weight", dims=2, kind="float", todo="a [out, in] weight; blocks run along each row")
@@ -52,11 +61,7 @@ def _check(x: torch.Tensor, fmt: str, importance: torch.Tensor | None) -> np.nda
         raise validate.BadInput(f"{fmt} works in blocks of {BLOCK[fmt]} weights along a row: the input dimension "
                                 f"{x.shape[1]} is not a multiple of {BLOCK[fmt]} (llama.cpp falls back to another type "
                                 f"for such tensors)")
-    if importance is not None:
-        validate.tensor(importance, "importance", dims=1, kind="float")
-        if importance.shape[0] != x.shape[1] or bool((importance < 0).any()):
-            raise validate.BadInput(f"importance must hold one nonnegative value per input channel ({x.shape[1]}), "
-                                    f"got shape {tuple(importance.shape)}: use kquants.importance_matrix(...)")
+    _check_importance(importance, x.shape[1])
     return x.detach().float().numpy()
 
 
@@ -224,5 +229,10 @@ def importance_matrix(model, windows: torch.Tensor, names: list[str] | None = No
 def weighted_error(x: torch.Tensor, x_hat: torch.Tensor, importance: torch.Tensor | None = None) -> float:
     """sum_j importance_j (x - x_hat)^2 / sum_j importance_j x^2: the expected relative output error of a layer whose
     inputs are uncorrelated with mean squares `importance` (plain relative MSE when None)."""
+    validate.tensor(x, "x", dims=2, kind="float", todo="pass the weight [out, in] that was quantized")
+    validate.tensor(x_hat, "x_hat", dims=2, kind="float", todo="pass its reconstruction (kquants.quantize(x, fmt).values)")
+    if x_hat.shape != x.shape:
+        raise validate.BadInput(f"x_hat {tuple(x_hat.shape)} must have x's shape {tuple(x.shape)}: pass x's reconstruction")
+    _check_importance(importance, x.shape[1])
     w = torch.ones(x.shape[-1]) if importance is None else importance.float()
     return float(((x - x_hat).pow(2) * w).sum() / (x.pow(2) * w).sum().clamp_min(1e-30))

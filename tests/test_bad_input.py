@@ -11,7 +11,7 @@ import torch
 from lessons_lib import gemv  # noqa: F401  (first: it sets TRITON_INTERPRET before bitsandbytes imports Triton)
 import lessons_lib
 from lessons_lib import (activations, awq, bench, codebooks, data, decide, evaluate, formats, fp8, gptq, hardware,
-                         models, quantize, results, smoothquant, throughput, toolkit, validate)
+                         kquants, models, quantize, results, smoothquant, throughput, toolkit, validate)
 
 NAN = float("nan")
 CPU_ONLY = not torch.cuda.is_available()
@@ -212,6 +212,15 @@ CASES = [
     ("decide.Candidate fractional GPUs", lambda: decide.Candidate("fp8_w8a8", "H100 SXM", 1.5), ValueError, "whole"),
     ("decide.Candidate unknown GPU", lambda: decide.Candidate("fp8_w8a8", "H900", 1), KeyError, "unknown GPU"),
     ("decide.choose not rows", lambda: decide.choose("rows"), ValueError, "list"),
+    ("evaluate.paired_interval NaN", lambda: evaluate.paired_interval(torch.tensor([1.0, NAN]), torch.ones(2)),
+     validate.BadInput, "NaN"),
+    ("evaluate.paired_interval None", lambda: evaluate.paired_interval(None, torch.ones(2)), validate.BadInput,
+     "Scores.nll"),
+    ("kquants.weighted_error shapes", lambda: kquants.weighted_error(W, W[:, :32]), validate.BadInput, "shape"),
+    ("kquants.weighted_error NaN", lambda: kquants.weighted_error(W, torch.full_like(W, NAN)), validate.BadInput, "NaN"),
+    ("kquants.weighted_error importance", lambda: kquants.weighted_error(W, W, torch.ones(3)), validate.BadInput,
+     "per input channel"),
+    ("codebooks.bnb_roundtrip 0-D", lambda: codebooks.bnb_roundtrip(torch.tensor(1.0)), validate.BadInput, "weight"),
     ("decide.kernel_efficiency dict", lambda: decide.kernel_efficiency({}), ValueError, "decode floors"),
     ("decide.assess efficiency 0", lambda: decide.assess(hardware.LLAMA3_70B, decide.Candidate("bf16", "H100 SXM", 2),
                                                          {"bf16": 0.0}, {"H100 SXM": 2.0}, {"bf16": 0.0}),

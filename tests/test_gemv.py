@@ -117,6 +117,8 @@ def test_bad_input_is_refused_with_what_to_do():
         gemv.W4A16.from_codes(torch.zeros(4, 128, dtype=torch.long), torch.ones(4, 1), torch.zeros(4, 1), 64)
     with pytest.raises(gemv.KernelError, match="0..15"):
         gemv.pack_int4(torch.full((2, 4), 16))
+    with pytest.raises(gemv.KernelError, match="integer"):
+        gemv.pack_int4(torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(gemv.KernelError, match="uint8"):
         gemv.unpack_int4(torch.zeros(2, 2, dtype=torch.int32))
     with pytest.raises(gemv.KernelError, match="must divide the group"):
