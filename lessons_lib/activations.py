@@ -18,7 +18,7 @@ def run_with_input_hooks(model, windows: torch.Tensor, hooks: dict[str, Callable
     """Run each window through the model, calling hooks[name](input) when module `name` is entered; with stop_early
     a window's forward pass ends once every hooked module has run (decoder linears run once per pass)."""
     validate.model(model)
-    validate.token_ids(windows, "windows")
+    validate.in_vocabulary(model, windows)
     if not isinstance(hooks, dict) or not hooks or not all(isinstance(n, str) and callable(f) for n, f in hooks.items()):
         raise validate.BadInput("hooks must be a non-empty dict {module name: function of its input}")
     modules = dict(model.named_modules())

@@ -303,7 +303,7 @@ def layer_inputs(model: nn.Module, windows: torch.Tensor) -> tuple[list, list]:
     The layers are skipped while their arguments are caught (each returns its input), so this costs about one
     embedding lookup per window."""
     layers = decoder_layers(model)
-    validate.token_ids(windows, "windows")
+    validate.in_vocabulary(model, windows)
     hidden: list = []
     kwargs: list = [[] for _ in layers]
 

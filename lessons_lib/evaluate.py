@@ -282,19 +282,12 @@ def _windows_sha(windows: torch.Tensor) -> str:
     return hashlib.sha256(f"{tuple(windows.shape)}".encode() + windows.long().cpu().numpy().tobytes()).hexdigest()
 
 
-def _check_vocab(model, windows: torch.Tensor) -> None:
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if vocab is not None and int(windows.max()) >= vocab:
-        raise validate.BadInput(f"windows hold token id {int(windows.max())}, but the model's vocabulary has {vocab}: "
-                                f"cut them with this model's own tokenizer")
-
-
 def _log_probs(model, windows: torch.Tensor, batch_size: int, progress, desc: str):
     """Yield (batch windows, log-softmax of the logits predicting tokens 2..n) per batch, in float32."""
     validate.token_ids(windows, "windows", min_length=2)
     batch_size = validate.integer(batch_size, "batch_size", lo=1)
     device = _model_device(model)
-    _check_vocab(model, windows)
+    validate.in_vocabulary(model, windows)
     bar = validate.progress(progress)
     for batch in tqdm(windows.split(batch_size), desc=desc, leave=False, **bar):
         batch = batch.to(device)

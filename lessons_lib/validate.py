@@ -112,6 +112,17 @@ def tensor(x, name: str, *, dims: int | tuple[int, ...] | None = None, kind: str
     return x
 
 
+def in_vocabulary(model, windows: torch.Tensor) -> torch.Tensor:
+    """Token ids the model's input embedding can look up (ids from another tokenizer fail deep inside it)."""
+    token_ids(windows, "windows")
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embed, "num_embeddings", None) or getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and windows.numel() and int(windows.max()) >= vocab:
+        raise BadInput(f"windows hold token id {int(windows.max())}, but the model's vocabulary has {vocab}: "
+                       f"cut them with this model's own tokenizer")
+    return windows
+
+
 def token_ids(x, name: str = "windows", min_length: int = 1, todo: str = "") -> torch.Tensor:
     """A non-empty 2-D LongTensor [n_windows, length] of token ids, length >= min_length, no negative ids."""
     todo = todo or "cut windows with data.token_windows(tokenizer, 'eval', n_windows, length)"

@@ -232,6 +232,16 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("call", [
+    lambda m, w: activations.input_channel_absmax(m, w), lambda m, w: activations.input_channel_mean(m, w),
+    lambda m, w: activations.capture_inputs(m, ["model.layers.0.mlp.down_proj"], w),
+    lambda m, w: __import__("lessons_lib.architecture").architecture.layer_inputs(m, w),
+    lambda m, w: evaluate.perplexity(m, w)], ids=["absmax", "mean", "capture", "layer_inputs", "perplexity"])
+def test_token_ids_from_another_tokenizer_are_refused_before_the_embedding(call, tiny):
+    with pytest.raises(validate.BadInput, match="vocabulary has 64"):
+        call(tiny, torch.full((2, 16), 100))
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_with_a_message(case, tmp_path, monkeypatch):
     monkeypatch.setenv("QHT_CACHE", str(tmp_path))  # results cases must never touch the real cache
