@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import json
 import sys
@@ -85,13 +86,9 @@ def measure(model_id: str, eval_size, calib_size, n_grid: int, toolkit_runs: boo
         g = torch.Generator().manual_seed(0)
         for layer in architecture.decoder_layers(folded):
             for m in awq.layer_mappings(layer):
-                scales = torch.rand(m.balance[0].in_features, generator=g) + 0.5
                 if rule == "plain w / s" and m.fold == "offset_norm":
-                    for lin in m.balance:
-                        lin.weight.data *= scales
-                    architecture.fold_into(m.smooth, "norm", scales)
-                else:
-                    awq.fold_scales(m, scales)
+                    m = dataclasses.replace(m, fold="norm")
+                awq.fold_scales(m, torch.rand(m.balance[0].in_features, generator=g) + 0.5)
         with torch.no_grad():
             fold_rel[rule] = ((folded(probe).logits - before).norm() / before.norm()).item()
         del folded
