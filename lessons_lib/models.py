@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import json
@@ -174,23 +175,25 @@ def checkpoint_problem(folder: Path, full: bool = False) -> str | None:
 
 @contextlib.contextmanager
 def _each_gguf_parsed_once():
-    """Within the block a GGUF file's metadata is parsed once (a few seconds each time): transformers parses it anew
-    for the config, the tokenizer and the weights, and the Gemma checks read it twice more."""
+    """Within the block a GGUF file's metadata is parsed once and an architecture's tensor-name map built once
+    (seconds each time): transformers parses the file anew for the config, the tokenizer and the weights, the Gemma
+    checks read it twice more, and the weights' name mapping rebuilds the map for every submodule (about 400)."""
     import gguf
 
-    original, readers = gguf.GGUFReader, {}
+    original = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers = {}
 
     def reader(path, mode="r"):
         key = (str(Path(path).resolve()), mode)
         if key not in readers:
-            readers[key] = original(path, mode)
+            readers[key] = original[0](path, mode)
         return readers[key]
 
-    gguf.GGUFReader = reader
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.cache(original[1])
     try:
         yield
     finally:
-        gguf.GGUFReader = original
+        gguf.GGUFReader, gguf.get_tensor_name_map = original
 
 
 def _plain_model(source: Path):

@@ -128,11 +128,13 @@ def test_a_gguf_file_is_parsed_once_within_a_conversion(tmp_path):
     writer.add_tensor("w", torch.arange(8, dtype=torch.float32).numpy())
     for step in (writer.write_header_to_file, writer.write_kv_data_to_file, writer.write_tensors_to_file, writer.close):
         step()
-    original = gguf.GGUFReader
+    original = gguf.GGUFReader, gguf.get_tensor_name_map
     with models._each_gguf_parsed_once():
-        first = gguf.GGUFReader(path)
+        first, names = gguf.GGUFReader(path), gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
         assert gguf.GGUFReader(str(path)) is first and first.tensors[0].name == "w"
-    assert gguf.GGUFReader is original and gguf.GGUFReader(path) is not first
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is names
+        assert names.get_name("model.layers.1.self_attn.q_proj") == "blk.1.attn_q"
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == original and gguf.GGUFReader(path) is not first
 
 
 def _convert_in_child(queue):
