@@ -71,9 +71,12 @@ def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qm
     return _round(w, scale, zero, qmin, qmax)
 
 
-def _round(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """quantize_column() without its checks (inside loops whose inputs were checked once)."""
-    return (torch.clamp(torch.round(w / scale) + zero, qmin, qmax) - zero) * scale
+def _round(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int,
+           out: torch.Tensor | None = None) -> torch.Tensor:
+    """quantize_column() without its checks (inside loops whose inputs were checked once), into `out` if given:
+    (clamp(round(w / scale) + zero, qmin, qmax) - zero) * scale."""
+    q = w / scale if out is None else torch.div(w, scale, out=out)
+    return q.round_().add_(zero).clamp_(qmin, qmax).sub_(zero).mul_(scale)
 
 
 def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
@@ -146,14 +149,13 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
     loss = 0.0
     for i1 in range(0, cols, block):  # lazy batches: the rest of the matrix is updated once per block
         i2 = min(i1 + block, cols)
-        W1, E1 = Wt[i1:i2].clone(), torch.zeros(i2 - i1, rows)
-        for i in range(i2 - i1):
-            c = i1 + i
-            q = _round(W1[i], St[c], Zt[c], qmin, qmax)  # checked once above, not per column
-            Qt[c] = q
-            E1[i] = (W1[i] - q) / diag[c]
+        W1, E1, h1 = Wt[i1:i2].clone(), torch.zeros(i2 - i1, rows), hinv[i1:i2, i1:i2]
+        # one row view per column (iterating a tensor unbinds it): fewer Python-level indexing steps per column
+        for i, (w_i, s_i, z_i, q_i, e_i) in enumerate(zip(W1, St[i1:i2], Zt[i1:i2], Qt[i1:i2], E1)):
+            _round(w_i, s_i, z_i, qmin, qmax, out=q_i)  # checked once above, not per column
+            torch.sub(w_i, q_i, out=e_i).div_(diag[i1 + i])
             if error_feedback:  # push this column's error onto the columns of the block not yet quantized
-                W1[i + 1:].addr_(hinv[c, c + 1:i2], E1[i], alpha=-1)
+                W1[i + 1:].addr_(h1[i, i + 1:], e_i, alpha=-1)
         loss += (E1**2).sum().item() / 2
         if error_feedback:
             Wt[i2:] -= hinv[i1:i2, i2:].T @ E1
