@@ -151,9 +151,9 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
         i2 = min(i1 + block, cols)
         W1, E1, h1 = Wt[i1:i2].clone(), torch.zeros(i2 - i1, rows), hinv[i1:i2, i1:i2]
         # one row view per column (iterating a tensor unbinds it): fewer Python-level indexing steps per column
-        for i, (w_i, s_i, z_i, q_i, e_i) in enumerate(zip(W1, St[i1:i2], Zt[i1:i2], Qt[i1:i2], E1)):
+        for i, (w_i, s_i, z_i, q_i, e_i, d_i) in enumerate(zip(W1, St[i1:i2], Zt[i1:i2], Qt[i1:i2], E1, diag[i1:i2])):
             _round(w_i, s_i, z_i, qmin, qmax, out=q_i)  # checked once above, not per column
-            torch.sub(w_i, q_i, out=e_i).div_(diag[i1 + i])
+            torch.sub(w_i, q_i, out=e_i).div_(d_i)
             if error_feedback:  # push this column's error onto the columns of the block not yet quantized
                 W1[i + 1:].addr_(h1[i, i + 1:], e_i, alpha=-1)
         loss += (E1**2).sum().item() / 2

@@ -180,20 +180,20 @@ def _each_gguf_parsed_once():
     checks read it twice more, and the weights' name mapping rebuilds the map for every submodule (about 400)."""
     import gguf
 
-    original = gguf.GGUFReader, gguf.get_tensor_name_map
+    open_reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
     readers = {}
 
     def reader(path, mode="r"):
         key = (str(Path(path).resolve()), mode)
         if key not in readers:
-            readers[key] = original[0](path, mode)
+            readers[key] = open_reader(path, mode)
         return readers[key]
 
-    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.cache(original[1])
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.cache(name_map)
     try:
         yield
     finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = original
+        gguf.GGUFReader, gguf.get_tensor_name_map = open_reader, name_map
 
 
 def _plain_model(source: Path):
