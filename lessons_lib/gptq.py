@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from . import validate
+from .activations import _Done
 from .architecture import decoder_layers, groups, layer_inputs
 from .data import check_windows
 from .quantize import check_bits, check_float, divisors_hint
@@ -214,16 +215,24 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
         shared += [[m] for m in layer.modules() if isinstance(m, torch.nn.Linear) and id(m) not in mapped]
         xtx: list = [0] * len(shared)
         count: list = [0] * len(shared)
+        seen: set = set()
 
         def accumulate(i, args):
             flat = args[0].reshape(-1, args[0].shape[-1]).float().cpu()
             xtx[i] = xtx[i] + (flat.T @ flat).double()  # float32 within a window, float64 across windows
             count[i] += flat.shape[0]
+            seen.add(i)
+            if len(seen) == len(shared):
+                raise _Done  # every group has this window's input: the rest of the layer (the MLP's output) can wait
 
         hooks = [lins[0].register_forward_pre_hook(lambda _m, a, i=i: accumulate(i, a)) for i, lins in enumerate(shared)]
         try:
             for h, kw in zip(hidden, kwargs):  # each window with this layer's own masks and position embeddings
-                layer(h, **kw)
+                seen.clear()
+                try:
+                    layer(h, **kw)
+                except _Done:
+                    pass
         finally:
             for handle in hooks:
                 handle.remove()
