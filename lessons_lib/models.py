@@ -18,6 +18,7 @@ import os
 import shutil
 import struct
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -568,6 +569,12 @@ def q4_1_grid_fraction(weight: torch.Tensor, block: int = 32) -> float:
     return ((k - k.round()).abs() < 1e-2).all(1).float().mean().item()
 
 
+def prepare(model_id: str) -> tuple[Path, float]:
+    """offline_checkpoint(model_id) and the seconds it took (what `python -m lessons_lib.models` runs per model)."""
+    start = time.perf_counter()
+    return offline_checkpoint(model_id), time.perf_counter() - start
+
+
 def installed_offline_models() -> list[str]:
     """The offline models whose packages are installed here (the default one always counts: setup installs it)."""
     from importlib import metadata
@@ -585,14 +592,23 @@ def installed_offline_models() -> list[str]:
 
 if __name__ == "__main__":  # `python -m lessons_lib.models [MODEL_ID ...] [--all] [--verify]`: prepare (and check)
     import sys  # the default offline checkpoint, the named ones, or (--all) every offline model whose package is here
-    import time
+
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from lessons_lib.models import prepare  # by its package name, so that a worker process can import it
 
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     wanted = installed_offline_models() if "--all" in sys.argv[1:] else (args or [OFFLINE_MODEL])
+    todo = [w for w in wanted if checkpoint_problem(cache_dir() / _offline(w).checkpoint) is not None]
+    done = {}
+    if len(todo) > 1:  # a conversion runs mostly on one core: two at once take about as long as the longer one
+        print(f"converting {', '.join(todo)} at once (under a minute on 2 cores)", flush=True)
+        with ProcessPoolExecutor(len(todo), mp_context=get_context("spawn")) as pool:
+            done = dict(zip(todo, pool.map(prepare, todo)))
     for wanted_id in wanted:
-        start = time.perf_counter()
-        ready = offline_checkpoint(wanted_id)
+        ready, seconds = done.get(wanted_id) or prepare(wanted_id)
         problem = checkpoint_problem(ready, full=True) if "--verify" in sys.argv[1:] else None
         if problem:
             sys.exit(f"{ready}: {problem}. Delete that folder and run `{REBUILD_COMMAND} {wanted_id}` again.")
-        print(f"offline model ready: {ready} ({wanted_id}, {time.perf_counter() - start:.0f} s)")
+        print(f"offline model ready: {ready} ({wanted_id}, {seconds:.0f} s)")
