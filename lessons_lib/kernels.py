@@ -28,7 +28,7 @@ class UnsupportedKernel(RuntimeError):
 # ----------------------------------------------------------------------------------------------- devices
 def compute_capability(device: str | torch.device) -> tuple[int, int] | None:
     """(major, minor) of a CUDA device; None for a CPU."""
-    device = torch.device(device)
+    device = validate.device(device)
     return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
 
 

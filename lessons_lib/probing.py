@@ -11,7 +11,9 @@ from . import kernels, validate
 def probe(device: str | torch.device = "cpu", out_features: int = 256, in_features: int = 512,
           batch: int = 4, seed: int = 0) -> dict:
     """Try every format on a small case: does it run, natively or not, and does it agree with float32?"""
-    device, gen = torch.device(device), torch.Generator().manual_seed(seed)
+    device, gen = validate.device(device), torch.Generator().manual_seed(validate.integer(seed, "seed"))
+    for v, n in ((out_features, "out_features"), (in_features, "in_features"), (batch, "batch")):
+        validate.integer(v, n, lo=1)
     w = torch.randn(out_features, in_features, generator=gen).to(device)
     x = torch.randn(batch, in_features, generator=gen).to(device)
     reasons = {fmt: kernels.unsupported_reason(fmt, device, out_features, in_features) for fmt in kernels.FORMATS}

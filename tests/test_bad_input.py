@@ -11,7 +11,8 @@ import torch
 from lessons_lib import gemv  # noqa: F401  (first: it sets TRITON_INTERPRET before bitsandbytes imports Triton)
 import lessons_lib
 from lessons_lib import (activations, awq, bench, codebooks, data, decide, evaluate, formats, fp8, gptq, hardware,
-                         kquants, models, quantize, results, smoothquant, throughput, toolkit, validate)
+                         kernels, kquants, models, probing, quantize, results, smoothquant, throughput, toolkit,
+                         validate)
 
 NAN = float("nan")
 CPU_ONLY = not torch.cuda.is_available()
@@ -265,8 +266,10 @@ def test_bad_input_is_refused_with_a_message(case, tmp_path, monkeypatch):
     lambda: throughput.environment("cuda"),
     lambda: models.resolve_device("cuda"),
     lambda: toolkit.reload(".", "cuda"),
+    lambda: probing.probe("cuda"),
+    lambda: kernels.compute_capability("cuda"),
 ], ids=["time_call", "samples", "synchronize", "bandwidth", "matmul_peak", "prefill", "decode", "environment",
-        "resolve_device", "toolkit.reload"])
+        "resolve_device", "toolkit.reload", "probe", "compute_capability"])
 def test_cuda_asked_of_a_cpu_only_torch_is_refused_up_front(call):
     with pytest.raises(RuntimeError, match="no CUDA GPU.*device='cpu'"):
         call()
