@@ -44,7 +44,7 @@ def rotating_copies(qw: kernels.QuantWeight, rotate_bytes: int, most: int = 512)
 def compute_dtype(fmt: str, device: torch.device) -> str:
     """Which measured matmul peak bounds a format's compute (its roofline roof)."""
     on_cuda, on_cpu = kernels.format_info(fmt).computes_in
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":  # a lookup: answered for CUDA on any machine
         return on_cuda
     # CPU: bf16 activations use bf16 arithmetic where the CPU has it, else fp32
     return "fp32" if on_cpu == "bf16" and not kernels.native_note("bf16", device)[0] else on_cpu
@@ -364,7 +364,7 @@ def ceilings(device: torch.device, bw_bytes: int, matmul_n: int, dtypes: list, l
     """Measured bandwidth and matmul peaks, beside the datasheet row when the GPU is in the GPU table."""
     from . import hardware  # noqa: PLC0415
 
-    out = {"bandwidth": None, "matmul": {}, "datasheet": None}
+    device, out = validate.device(device), {"bandwidth": None, "matmul": {}, "datasheet": None}
     try:
         out["bandwidth"] = bench.measure_bandwidth(device, bw_bytes)
         log(f"bandwidth {out['bandwidth']['gb_per_s']:.0f} GB/s (iqr {out['bandwidth']['gb_per_s_iqr']:.0f})")
@@ -439,7 +439,7 @@ def gemm_sweep(device: torch.device, shapes: list, batches: list, formats: list,
                budget: bench.Budget, until_s: float, rotate_bytes: int, point_s: float,
                group_size: int | None = None, points: list | None = None) -> list[dict]:
     """y = x @ W.T for every format, shape and batch; stops starting formats once budget.elapsed() > until_s."""
-    points = [] if points is None else points
+    device, points = validate.device(device), [] if points is None else points
     for out_f, in_f in shapes:
         gen = torch.Generator().manual_seed(out_f * 7 + in_f)
         w = (torch.randn(out_f, in_f, generator=gen) * 0.02).to(device)
@@ -458,6 +458,7 @@ def random_llama(device: torch.device, shape: dict, dtype: torch.dtype = torch.b
     """A LlamaForCausalLM of the given config shape with random weights, built on the device (speed only)."""
     from transformers import LlamaConfig, LlamaForCausalLM  # noqa: PLC0415
 
+    device = validate.device(device)
     config = LlamaConfig(**shape, tie_word_embeddings=False)
     config._attn_implementation = "sdpa"
     with torch.device(device):

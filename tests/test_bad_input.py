@@ -268,8 +268,11 @@ def test_bad_input_is_refused_with_a_message(case, tmp_path, monkeypatch):
     lambda: toolkit.reload(".", "cuda"),
     lambda: probing.probe("cuda"),
     lambda: kernels.compute_capability("cuda"),
+    lambda: throughput.ceilings("cuda", 1 << 20, 64, ["fp32"]),
+    lambda: throughput.gemm_sweep("cuda", [(64, 64)], [1], ["fp32"], {}, None, {}, None, 1.0, 1 << 20, 0.01),
+    lambda: throughput.random_llama("cuda", {"hidden_size": 64}),
 ], ids=["time_call", "samples", "synchronize", "bandwidth", "matmul_peak", "prefill", "decode", "environment",
-        "resolve_device", "toolkit.reload", "probe", "compute_capability"])
+        "resolve_device", "toolkit.reload", "probe", "compute_capability", "ceilings", "gemm_sweep", "random_llama"])
 def test_cuda_asked_of_a_cpu_only_torch_is_refused_up_front(call):
     with pytest.raises(RuntimeError, match="no CUDA GPU.*device='cpu'"):
         call()
