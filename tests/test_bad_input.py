@@ -11,8 +11,8 @@ import torch
 from lessons_lib import gemv  # noqa: F401  (first: it sets TRITON_INTERPRET before bitsandbytes imports Triton)
 import lessons_lib
 from lessons_lib import (activations, awq, bench, codebooks, data, decide, evaluate, formats, fp8, gptq, hardware,
-                         kernels, kquants, models, probing, quantize, results, smoothquant, throughput, toolkit,
-                         validate)
+                         kernels, kquants, microscaling, models, probing, quantize, results, smoothquant, throughput,
+                         toolkit, validate)
 
 NAN = float("nan")
 CPU_ONLY = not torch.cuda.is_available()
@@ -230,6 +230,15 @@ CASES = [
     ("toolkit.calibration_dataset floats", lambda: toolkit.calibration_dataset(torch.rand(2, 8)), ValueError, "token ids"),
     ("toolkit.reload missing", lambda: toolkit.reload("/nonexistent-qht-folder"), FileNotFoundError, "no saved checkpoint"),
     ("toolkit.load_on_kernels bad device", lambda: toolkit.load_on_kernels(3), ValueError, "folder path"),
+    # microscaling: a code too wide for its bits would be packed silently wrong
+    ("microscaling.pack_bits code 16 in 4 bits", lambda: microscaling.pack_bits(torch.tensor([16, 2]), 4), ValueError,
+     "0..15"),
+    ("microscaling.pack_bits odd row", lambda: microscaling.pack_bits(torch.tensor([1, 2, 3]), 4), ValueError,
+     "multiple of 2"),
+    ("microscaling.pack_bits floats", lambda: microscaling.pack_bits(torch.tensor([1.0, 2.0]), 4), ValueError,
+     "integer tensor"),
+    ("microscaling.unpack_bits ragged", lambda: microscaling.unpack_bits(torch.tensor([1, 2]), 6), ValueError,
+     "multiple of 3"),
 ]
 
 
