@@ -28,8 +28,8 @@ def check_bits(bits: int, symmetric: bool) -> None:
 
 
 def divisors_hint(n: int) -> list[int]:
-    """Group sizes (multiples of 16) that divide n."""
-    return [g for g in range(16, n + 1, 16) if n % g == 0]
+    """Group sizes that divide n: the multiples of 16 where any do (kernels want them), else every divisor above 1."""
+    return [g for g in range(16, n + 1, 16) if n % g == 0] or [g for g in range(2, n + 1) if n % g == 0]
 
 
 def _rows(x: torch.Tensor, granularity: str, group_size: int | None) -> torch.Tensor:
