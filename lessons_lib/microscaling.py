@@ -219,14 +219,16 @@ def fake_quantize(x: torch.Tensor, fmt: str | Scheme) -> torch.Tensor:
     return decode(encode(x, fmt)).to(x.dtype)
 
 
-def _check_bit_stream(t, bits, name: str, multiple: int, most: int) -> None:
-    """pack_bits' and unpack_bits' input: integers in 0..most along a last dimension of whole words."""
+def _check_bit_stream(t, bits, name: str, packed_bytes: bool) -> None:
+    """pack_bits' input (codes of `bits` bits) or unpack_bits' (packed bytes): integers in range, whole words per row."""
     if bits not in (4, 6, 8):
         raise validate.BadInput(f"bits must be 4, 6 or 8, got {bits!r}")
     if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dim() < 1:
         raise validate.BadInput(f"{name} must be an integer tensor with a last dimension (element_codes makes codes), "
                                 f"got {type(t).__name__ if not isinstance(t, torch.Tensor) else t.dtype}")
-    if t.shape[-1] % (multiple if bits != 8 else 1):
+    multiple = {4: 1, 6: 3, 8: 1}[bits] if packed_bytes else {4: 2, 6: 4, 8: 1}[bits]  # one word's bytes / codes
+    most = 255 if packed_bytes else 2**bits - 1
+    if t.shape[-1] % multiple:
         raise validate.BadInput(f"the last dimension of {name} ({t.shape[-1]}) must be a multiple of {multiple} to "
                                 f"hold whole {bits}-bit words: pad the row first")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) > most):
@@ -236,7 +238,7 @@ def _check_bit_stream(t, bits, name: str, multiple: int, most: int) -> None:
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Codes of `bits` bits as a little-endian bit stream per row: 4-bit pairs share a byte (first in the low nibble),
     four 6-bit codes fill three bytes. Returns uint8 [..., width * bits / 8]."""
-    _check_bit_stream(codes, bits, "codes", 2 if bits == 4 else 4, 2**bits - 1)
+    _check_bit_stream(codes, bits, "codes", packed_bytes=False)
     if bits == 8:
         return codes.to(torch.uint8).clone()
     per = 2 if bits == 4 else 4
@@ -249,7 +251,7 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_bits(packed_: torch.Tensor, bits: int) -> torch.Tensor:
     """The inverse of pack_bits."""
-    _check_bit_stream(packed_, bits, "packed", 1 if bits == 4 else 3, 255)
+    _check_bit_stream(packed_, bits, "packed", packed_bytes=True)
     if bits == 8:
         return packed_.clone()
     per, n_bytes = (2, 1) if bits == 4 else (4, 3)
