@@ -276,7 +276,11 @@ def layer_index(model: nn.Module, name: str) -> int:
     base = layers_path(model) + "."
     if not isinstance(name, str) or not name.startswith(base) or not name[len(base):].split(".")[0].isdigit():
         raise validate.BadInput(f"{name!r} is not inside the decoder layers ({base}N...); see linear_names(model)")
-    return int(name[len(base):].split(".")[0])
+    index = int(name[len(base):].split(".")[0])
+    if index >= len(decoder_layers(model)):
+        raise validate.BadInput(f"{name!r} names layer {index}, but the model has {len(decoder_layers(model))} decoder "
+                                f"layers; see linear_names(model)")
+    return index
 
 
 def short_name(model: nn.Module, name: str) -> str:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+import torch
+
 from . import validate
 from .models import OFFLINE_MODEL, is_default, model_id_of
 
@@ -31,6 +34,12 @@ class Claims:
 
         default_only=True: a fact about the default model itself (a count, a named channel), not checked elsewhere."""
         claim = validate.text(claim, "claim", "say in words what the lesson claims")
+        validate.flag(default_only, "default_only")
+        if isinstance(held, torch.Tensor) and held.numel() == 1 and held.dtype == torch.bool:
+            held = bool(held)
+        if not isinstance(held, (bool, np.bool_)):  # a string or a number would always read as "held"
+            raise validate.BadInput(f"held must be the claim's condition, True or False, got {held!r}: pass the "
+                                    f"comparison itself (a < b), not its text")
         if default_only and not self.default:
             self.rows.append({"claim": claim, "outcome": "not checked (a fact of the default model)", "numbers": ""})
             return False
@@ -45,6 +54,8 @@ class Claims:
     def compared(self, claim: str, comparison, expect: str) -> bool:
         """A claim decided by an evaluate.compare result: expect "beats", "loses to" or "matches within tol"."""
         expect = validate.choice(expect, "expect", ["beats", "loses to", "matches within tol"])
+        if not isinstance(getattr(comparison, "verdict", None), str):
+            raise validate.BadInput(f"comparison must be what evaluate.compare(a, b) returns, got {comparison!r}")
         return self.check(claim, comparison.verdict == expect, str(comparison))
 
     def table(self):

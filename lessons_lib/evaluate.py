@@ -37,10 +37,7 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 1, progress: bool
     validate.token_ids(windows, "windows", min_length=2)
     batch_size = validate.integer(batch_size, "batch_size", lo=1)
     device = _model_device(model)
-    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
-    if vocab is not None and int(windows.max()) >= vocab:
-        raise validate.BadInput(f"windows hold token id {int(windows.max())}, but the model's vocabulary has {vocab}: "
-                                f"cut them with this model's own tokenizer")
+    validate.in_vocabulary(model, windows)
     bar = validate.progress(progress)
     nll, count = 0.0, 0
     for batch in tqdm(windows.split(batch_size), desc="perplexity", leave=False, **bar):
@@ -420,6 +417,11 @@ class Comparison:
 def verdict(low: float, high: float, tolerance: float, lower_is_better: bool = True) -> str:
     """"matches within tol" if the whole interval of a - b lies within +-tolerance, else "beats" / "loses to" if it
     excludes zero (a better / worse), else "indistinguishable"."""
+    low, high = validate.number(low, "low"), validate.number(high, "high")
+    tolerance = validate.number(tolerance, "tolerance", lo=0)
+    validate.flag(lower_is_better, "lower_is_better")
+    if low > high:
+        raise validate.BadInput(f"an interval has low <= high, got low={low:g}, high={high:g}: pass them in that order")
     if -tolerance <= low and high <= tolerance:
         return "matches within tol"
     if high < 0 or low > 0:

@@ -35,6 +35,9 @@ def divisors_hint(n: int) -> list[int]:
 def _rows(x: torch.Tensor, granularity: str, group_size: int | None) -> torch.Tensor:
     """Reshape so that each row shares one scale."""
     validate.choice(granularity, "granularity", GRANULARITIES)
+    if granularity != "group" and group_size is not None:
+        raise validate.BadInput(f"group_size={group_size!r} applies to granularity='group' only, got "
+                                f"granularity={granularity!r}: pass granularity='group' or leave group_size out")
     if granularity == "tensor":
         return x.reshape(1, -1)
     if x.dim() != 2:

@@ -93,11 +93,16 @@ def texts(x, name: str, todo: str = "") -> list[str]:
 
 
 def all_finite(x: torch.Tensor) -> bool:
-    """No NaN or Inf in a non-empty float tensor: a NaN reaches both ends of aminmax, 10x cheaper than isfinite().all()."""
-    try:
-        lo, hi = torch.aminmax(x)
-    except NotImplementedError:  # dtypes without aminmax (float8): isfinite, or its own error
-        return bool(torch.isfinite(x).all())
+    """No NaN or Inf in a float tensor: a NaN reaches both ends of aminmax, 10x cheaper than isfinite().all()."""
+    if not isinstance(x, torch.Tensor):
+        raise _fail("x", "a torch.Tensor", x, "wrap it with torch.tensor(...)")
+    if x.numel() == 0:
+        return True
+    if x.device.type == "meta":
+        raise BadInput("got a tensor on the 'meta' device, which holds no values: load or create it on 'cpu' or 'cuda'")
+    if x.dtype.itemsize == 1 and x.is_floating_point():  # float8 has neither aminmax nor isfinite: widen it first
+        x = x.to(torch.float16)
+    lo, hi = torch.aminmax(x)
     return math.isfinite(lo.item()) and math.isfinite(hi.item())
 
 
@@ -129,6 +134,13 @@ def in_vocabulary(model, windows: torch.Tensor) -> torch.Tensor:
     if vocab is not None and windows.numel() and int(windows.max()) >= vocab:
         raise BadInput(f"windows hold token id {int(windows.max())}, but the model's vocabulary has {vocab}: "
                        f"cut them with this model's own tokenizer")
+    config = getattr(model, "config", None)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    longest = next((v for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
+                    if isinstance(v := getattr(config, k, None), int) and v > 0), None)
+    if longest is not None and windows.shape[-1] > longest:
+        raise BadInput(f"windows are {windows.shape[-1]} tokens long, but the model takes at most {longest} positions: "
+                       f"cut shorter windows (data.token_windows(tokenizer, split, n, length) with length <= {longest})")
     return windows
 
 
@@ -139,6 +151,10 @@ def token_ids(x, name: str = "windows", min_length: int = 1, todo: str = "") -> 
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.is_floating_point() or x.is_complex() \
             or x.dtype == torch.bool or x.numel() == 0 or x.shape[1] < min_length:
         raise _fail(name, want, x, todo)
+    if x.dtype != torch.long:  # embeddings take int32 too, but the loss needs int64 targets: one dtype everywhere
+        raise _fail(name, want + " (dtype torch.long)", x, "convert it with .long()")
+    if x.device.type == "meta":
+        raise _fail(name, want + " holding values (not on the 'meta' device)", x, todo)
     if bool((x < 0).any()):
         raise _fail(name, want + " (none negative)", x, todo)
     return x

@@ -239,6 +239,28 @@ CASES = [
      "integer tensor"),
     ("microscaling.unpack_bits ragged", lambda: microscaling.unpack_bits(torch.tensor([1, 2]), 6), ValueError,
      "multiple of 3"),
+    # silent wrong answers a new user's probe found
+    ("claims.check held as text", lambda: __import__("lessons_lib.claims").claims.Claims("x/y").check("a claim", "no"),
+     ValueError, "True or False"),
+    ("claims.check default_only text", lambda: __import__("lessons_lib.claims").claims.Claims("x/y").check(
+        "a claim", True, default_only="yes"), ValueError, "default_only"),
+    ("claims.compared not a comparison", lambda: __import__("lessons_lib.claims").claims.Claims("x/y").compared(
+        "a claim", None, "beats"), ValueError, "evaluate.compare"),
+    ("exercises.check_code no trials", lambda: __import__("lessons_lib.exercises").exercises.check_code(
+        "02.quantize_per_row", lambda w, bits: w, trials=0), ValueError, "trials"),
+    ("exercises.check_code unknown", lambda: __import__("lessons_lib.exercises").exercises.check_code("nope", abs),
+     KeyError, "code exercises are"),
+    ("models.decoder_linears skip text", lambda: models.decoder_linears(torch.nn.Linear(2, 2), skip="down_proj"),
+     ValueError, "tuple of name parts"),
+    ("evaluate.verdict low above high", lambda: evaluate.verdict(0.5, -0.5, 0.01), ValueError, "low <= high"),
+    ("evaluate.verdict NaN", lambda: evaluate.verdict(NAN, 1.0, 0.01), ValueError, "low"),
+    ("evaluate.verdict negative tolerance", lambda: evaluate.verdict(-1.0, 1.0, -0.1), ValueError, "tolerance"),
+    ("quantize.quantize_rtn group_size per channel", lambda: quantize.quantize_rtn(W, 4, "channel", 16), ValueError,
+     "granularity='group' only"),
+    ("validate.token_ids int32", lambda: validate.token_ids(WINDOWS.int()), ValueError, "long"),
+    ("validate.token_ids meta", lambda: validate.token_ids(torch.empty(2, 4, dtype=torch.long, device="meta")),
+     ValueError, "meta"),
+    ("validate.tensor meta", lambda: quantize.quantize_rtn(torch.empty(4, 8, device="meta")), ValueError, "meta"),
 ]
 
 
@@ -250,6 +272,25 @@ CASES = [
 def test_token_ids_from_another_tokenizer_are_refused_before_the_embedding(call, tiny):
     with pytest.raises(validate.BadInput, match="vocabulary has 64"):
         call(tiny, torch.full((2, 16), 100))
+    with pytest.raises(validate.BadInput, match="at most 64 positions"):  # beyond its positions: no silent numbers
+        call(tiny, torch.ones(1, 100, dtype=torch.long))
+
+
+def test_layer_names_beyond_the_model_and_float8_tensors(tiny):
+    from lessons_lib import architecture
+
+    with pytest.raises(validate.BadInput, match="has 2 decoder layers"):
+        architecture.layer_index(tiny, "model.layers.99.mlp.up_proj")
+    assert validate.all_finite(torch.ones(3).to(torch.float8_e4m3fn)) and validate.all_finite(torch.ones(0))
+    assert not validate.all_finite(torch.tensor([1.0, NAN]).to(torch.float8_e4m3fn))
+
+
+def test_a_failed_oneshot_keeps_the_folder_it_would_replace(tiny, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("an earlier checkpoint")
+    with pytest.raises(ValueError, match="tokenizer"):
+        toolkit.oneshot(tiny, None, [], WINDOWS, tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").is_file()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
