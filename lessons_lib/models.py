@@ -498,18 +498,12 @@ def _causal_lm(model):
 
 def describe(model) -> dict:
     """Architecture facts a lesson needs: layers, widths, heads, vocabulary, parameter count."""
-    c = _causal_lm(model).config
-    return {
-        "layers": c.num_hidden_layers,
-        "hidden": c.hidden_size,
-        "mlp": c.intermediate_size,
-        "q_heads": c.num_attention_heads,
-        "kv_heads": c.num_key_value_heads,
-        "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-        "vocab": c.vocab_size,
-        "tied_embeddings": bool(getattr(c, "tie_word_embeddings", False)),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+    from .hardware import shape_of  # noqa: PLC0415 (the one reading of a config, whatever the family calls its fields)
+
+    s = shape_of(_causal_lm(model))
+    return {"layers": s.layers, "hidden": s.hidden, "mlp": s.mlp, "q_heads": s.q_heads, "kv_heads": s.kv_heads,
+            "head_dim": s.head_dim, "vocab": s.vocab, "tied_embeddings": s.tied_embeddings,
+            "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def storage_bytes(model) -> int:
@@ -542,6 +536,8 @@ def decoder_linears(model, skip: tuple = ()) -> dict:
     from . import architecture  # noqa: PLC0415
 
     validate.model(model)
+    if isinstance(skip, str) or not all(isinstance(s, str) and s for s in skip):
+        raise validate.BadInput(f"skip must be a tuple of name parts such as ('down_proj',), got {skip!r}")
     try:
         base = architecture.layers_path(model) + "."
     except validate.UnknownName:

@@ -79,7 +79,11 @@ def oneshot(model, tokenizer, recipe, windows: torch.Tensor, out_dir: str | Path
     _cpu_only_pin_memory_fix()
     if not isinstance(out_dir, (str, Path)) or not str(out_dir).strip():
         raise validate.BadInput(f"out_dir must be a folder path (str or Path), got {out_dir!r}")
+    if not callable(getattr(tokenizer, "save_pretrained", None)):
+        raise validate.BadInput(f"tokenizer must be the model's tokenizer (models.load_model() returns it), got "
+                                f"{type(tokenizer).__name__}")
     out_dir = Path(out_dir)
+    final, out_dir = out_dir, out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")  # the old folder stays until done
     shutil.rmtree(out_dir, ignore_errors=True)
     with _quiet_progress():
         start = time.perf_counter()
@@ -90,7 +94,39 @@ def oneshot(model, tokenizer, recipe, windows: torch.Tensor, out_dir: str | Path
             warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
             model.save_pretrained(out_dir, save_compressed=True)
     tokenizer.save_pretrained(out_dir)
+    shutil.rmtree(final, ignore_errors=True)
+    out_dir.rename(final)
     return seconds
+
+
+def mappings(model, method: str) -> list:
+    """llm-compressor's AWQ or SmoothQuant mappings, read from the course's architecture map (which module feeds
+    which linears, by name), so its modifiers run on any family the map knows instead of guessing LLaMA's names.
+
+    Only groups whose feeder takes a per-channel scale are mapped; a fused feeder whose output only partly feeds a
+    group (Phi-3's qkv -> o) is left out, as llm-compressor's own Phi-3 mappings do. llm-compressor folds a norm's
+    scale as w / s whatever the norm computes: right for x * w norms, not for Gemma's x * (1 + w)."""
+    import re
+
+    from llmcompressor.modifiers.transform.awq import AWQMapping
+
+    from . import architecture
+
+    method = validate.choice(method, "method", ["awq", "smoothquant"])
+    layer = architecture.decoder_layers(model)[0]
+    lay = architecture.layout(layer)
+    feeders = {"attention input": lay.attn_norm, "attention output": lay.qkv[-1], "mlp input": lay.mlp_norm,
+               "mlp output": lay.up[-1]}
+    prefix = re.escape(architecture.layers_path(model)) + r"\.\d+\."  # inside a decoder layer, never the final norm
+    out = []
+    for g in architecture.groups(layer):
+        partial = g.fold == "linear" and g.rows and g.rows != g.smooth.weight.shape[0]
+        if not g.foldable or partial or (method == "smoothquant" and g.fold == "linear"):
+            continue
+        smooth = f"re:{prefix}{re.escape(feeders[g.role])}$"
+        balance = [f"re:{prefix}{re.escape(path)}$" for path in g.paths]
+        out.append(AWQMapping(smooth, balance) if method == "awq" else [balance, smooth])
+    return out
 
 
 def _saved_folder(out_dir) -> Path:

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -98,6 +99,19 @@ def measure(model_id: str, eval_size, calib_size, n_grid: int, toolkit_runs: boo
     seconds["ours AWQ W4"] = time.perf_counter() - start
     score("ours AWQ W4", q)
     del q
+    # the same AWQ with llm-compressor's norm rule (w / s for every norm): where that is the model's own fold, the
+    # run above is it; where a norm computes x * (1 + w) it is what llm-compressor's AWQ does, fold error and all
+    layers = architecture.decoder_layers(model)
+    if any(m.fold == "offset_norm" for layer in layers for m in awq.layer_mappings(layer)):
+        plain = lambda layer, own=awq.layer_mappings: [dataclasses.replace(m, fold="norm") if m.fold == "offset_norm"
+                                                        else m for m in own(layer)]
+        q = copy.deepcopy(model)
+        with mock.patch.object(awq, "layer_mappings", plain):
+            awq.quantize_model(q, calib, 4, group, n_grid, progress=False)
+        score("ours AWQ W4 plain norm fold", q)
+        del q
+    else:
+        scores["ours AWQ W4 plain norm fold"] = scores["ours AWQ W4"]
     if toolkit_runs:
         from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
         from llmcompressor.modifiers.gptq import GPTQModifier
@@ -108,7 +122,8 @@ def measure(model_id: str, eval_size, calib_size, n_grid: int, toolkit_runs: boo
             num_bits=4, type="int", symmetric=True, strategy="group", group_size=group))
         recipes = {"llm-compressor GPTQ W4 damp 0.1": GPTQModifier(config_groups={"w4": scheme}, ignore=["lm_head"],
                                                                   actorder=None, dampening_frac=0.1, block_size=128),
-                   "llm-compressor AWQ W4": [AWQModifier(n_grid=n_grid, duo_scaling=True),
+                   "llm-compressor AWQ W4": [AWQModifier(mappings=toolkit.mappings(model, "awq"), n_grid=n_grid,
+                                                         duo_scaling=True),
                                              QuantizationModifier(config_groups={"w4": scheme}, ignore=["lm_head"])]}
         for label, recipe in recipes.items():
             with tempfile.TemporaryDirectory(dir=models.cache_dir()) as out:
@@ -133,6 +148,8 @@ COMPARISONS = [
      "llm-compressor GPTQ W4 damp 0.1", "matches within tol", 0.05),
     ("05", "ours and llm-compressor's AWQ match within 3%", "ours AWQ W4", "llm-compressor AWQ W4", "matches within tol",
      0.03),
+    ("05", "with llm-compressor's norm rule (w / s), our AWQ and llm-compressor's match within 3%",
+     "ours AWQ W4 plain norm fold", "llm-compressor AWQ W4", "matches within tol", 0.03),
     ("05", "llm-compressor's AWQ beats its GPTQ", "llm-compressor AWQ W4", "llm-compressor GPTQ W4 damp 0.1", "beats", None),
 ]
 

@@ -93,3 +93,44 @@ def test_w4a16_checkpoint_codes_run_in_the_course_triton_kernel(w4_checkpoint):
         assert torch.allclose(ours.dequantize(), w, rtol=1e-2, atol=1e-4)  # the checkpoint's codes, bf16 scales
         x = torch.randn(2, ours.in_features, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
         assert kernels.relative_error(ours(x), x.float() @ w.T) < 2e-2
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "phi3", "opt"])
+def test_llm_compressor_mappings_come_from_the_architecture_map(family, tmp_path):
+    """Every mapping names one module per decoder layer; on LLaMA they are llm-compressor's own; on OPT, whose
+    names llm-compressor does not know, its AWQ runs with them (its own LLaMA guess raises)."""
+    import re
+
+    from transformers import AutoModelForCausalLM
+    from test_architectures import _config
+
+    from lessons_lib import architecture, models
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(_config(family)).save_pretrained(tmp_path / "float")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "float")  # oneshot reads the config from its folder
+    names = [n for n, _ in model.named_modules()]
+    layers = len(architecture.decoder_layers(model))
+    for method in ("awq", "smoothquant"):
+        maps = toolkit.mappings(model, method)
+        pairs = [(m.smooth_layer, m.balance_layers) for m in maps] if method == "awq" else [(s, b) for b, s in maps]
+        assert pairs and all(len([n for n in names if re.match(p[3:], n)]) == layers
+                             for smooth, balance in pairs for p in [smooth, *balance])
+    if family == "llama":
+        assert [m.smooth_layer.rsplit(".", 1)[-1] for m in toolkit.mappings(model, "awq")] == \
+            ["input_layernorm$", "post_attention_layernorm$", "up_proj$"]  # v -> o left out: grouped-query attention
+    if family == "opt":
+        from llmcompressor.modifiers.transform import AWQModifier
+        from llmcompressor.modifiers.quantization import QuantizationModifier
+
+        _, tokenizer = models.load_model()
+        from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+        w4 = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(num_bits=4, type="int", symmetric=True,
+                                                                          strategy="group", group_size=32))
+        recipe = [AWQModifier(mappings=toolkit.mappings(model, "awq"), n_grid=3),
+                  QuantizationModifier(config_groups={"w4": w4}, ignore=["lm_head"])]
+        toolkit.oneshot(model, tokenizer, recipe, torch.randint(3, 250, (2, 16)), tmp_path / "awq")
+        assert (tmp_path / "awq" / "config.json").is_file() and not list(tmp_path.glob("awq.partial-*"))
+    with pytest.raises(ValueError, match="method"):
+        toolkit.mappings(model, "gptq")
