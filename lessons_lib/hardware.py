@@ -166,6 +166,8 @@ class ModelShape:
     def __post_init__(self):
         _check_count(layers=self.layers, hidden=self.hidden, mlp=self.mlp, q_heads=self.q_heads, kv_heads=self.kv_heads,
                      head_dim=self.head_dim, vocab=self.vocab)
+        validate.flag(self.tied_embeddings, "tied_embeddings")
+        validate.flag(self.gated, "gated")
         if self.q_heads % self.kv_heads:
             raise validate.BadInput(f"q_heads ({self.q_heads}) must be a multiple of kv_heads ({self.kv_heads})")
 

@@ -26,6 +26,14 @@ class UnsupportedKernel(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- devices
+def _device(device) -> torch.device:
+    """A device name torch knows ('cpu', 'cuda', 'cuda:1'; whether it is here is for the caller to say)."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise validate.BadInput(f"device must be 'cpu' or 'cuda', got {device!r}") from None
+
+
 def compute_capability(device: str | torch.device) -> tuple[int, int] | None:
     """(major, minor) of a CUDA device; None for a CPU."""
     device = validate.device(device)
@@ -42,7 +50,7 @@ def _cpuinfo(key: str) -> str | None:
 
 def device_name(device: str | torch.device) -> str:
     """The GPU's name, or the CPU model name from /proc/cpuinfo."""
-    device = torch.device(device)
+    device = _device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cuda (no CUDA GPU here)"
     return _cpuinfo("model name") or "cpu"
@@ -430,7 +438,7 @@ def unsupported_reason(fmt: str, device: str | torch.device, out_features: int =
         f = format_info(fmt)
     except KeyError as e:
         return e.args[0]
-    device = torch.device(device)
+    device = _device(device)
     if device.type not in ("cpu", "cuda"):
         return None if f.is_float else f"{fmt} kernels are only wired up for CPU and CUDA here"
     if device.type == "cuda" and torch.version.cuda is None:
@@ -454,7 +462,7 @@ def require(fmt: str, device: str | torch.device, out_features: int = 256, in_fe
 
 def native_note(fmt: str, device: str | torch.device) -> tuple[bool, str]:
     """(native?, what actually runs) for a format that does run on this device."""
-    return format_info(fmt).notes(torch.device(device))
+    return format_info(fmt).notes(_device(device))
 
 
 def quantize(fmt: str, w: torch.Tensor, act_dtype: torch.dtype | None = None, group_size: int | None = None,

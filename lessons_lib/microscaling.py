@@ -140,13 +140,21 @@ def element_codes(y: torch.Tensor, element: str) -> torch.Tensor:
 def element_values(codes: torch.Tensor, element: str) -> torch.Tensor:
     """Each code's value in the element format (float32)."""
     f = ELEMENTS[validate.choice(element, "element format", ELEMENTS)]
-    return f.values().float()[codes.long()]
+    validate.tensor(codes, "codes", kind="integer", nonempty=False, todo="pass the codes of microscaling.encode(...)")
+    table = f.values().float()
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= len(table)):
+        raise validate.BadInput(f"{element} codes run from 0 to {len(table) - 1}, got {int(codes.min())} to "
+                                f"{int(codes.max())}")
+    return table[codes.long()]
 
 
 def e8m0_value(byte: torch.Tensor) -> torch.Tensor:
     """An E8M0 scale byte as float32: 2**(byte - 127) (255 would be NaN; encode never writes it)."""
     validate.tensor(byte, "byte", kind="integer", todo="pass the scale bytes of microscaling.encode(...).scales")
-    return torch.ldexp(torch.ones(byte.shape), byte.long() - 127)
+    if int(byte.min()) < 0 or int(byte.max()) > 255:
+        raise validate.BadInput(f"an E8M0 scale is one byte, 0 to 255, got {int(byte.min())} to {int(byte.max())}")
+    value = torch.ldexp(torch.ones(byte.shape), byte.long() - 127)
+    return value.masked_fill(byte == 255, float("nan"))  # the format's one NaN encoding
 
 
 def _block_amax(x: torch.Tensor, block: int) -> torch.Tensor:

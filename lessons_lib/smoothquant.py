@@ -2,6 +2,8 @@
 then run W8A8 (int8 weights per output channel, int8 activations per token) on a real integer kernel."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from . import kernels, validate
@@ -14,7 +16,7 @@ from .quantize import check_float
 
 def check_alpha(alpha: float) -> float:
     """The migration strength must lie in [0, 1]: 0 leaves activations alone, 1 moves all their range into weights."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
         raise validate.BadInput(f"alpha (migration strength) must be in [0, 1], got {alpha!r}; SmoothQuant's default is 0.5, "
                          "llm-compressor's 0.8 for LLaMA-style models")
     return float(alpha)

@@ -261,6 +261,13 @@ CASES = [
     ("validate.token_ids meta", lambda: validate.token_ids(torch.empty(2, 4, dtype=torch.long, device="meta")),
      ValueError, "meta"),
     ("validate.tensor meta", lambda: quantize.quantize_rtn(torch.empty(4, 8, device="meta")), ValueError, "meta"),
+    ("kernels.unsupported_reason gpu", lambda: kernels.unsupported_reason("bf16", "gpu"), ValueError, "'cpu' or 'cuda'"),
+    ("kernels.device_name gpu", lambda: kernels.device_name("gpu"), ValueError, "'cpu' or 'cuda'"),
+    ("hardware.ModelShape tied text", lambda: hardware.ModelShape("m", 2, 64, 128, 4, 2, 16, 100, tied_embeddings="no"),
+     ValueError, "tied_embeddings"),
+    ("microscaling.element_values negative", lambda: microscaling.element_values(torch.tensor([-1]), "e2m1"), ValueError,
+     "codes run from 0 to 15"),
+    ("microscaling.e8m0_value 300", lambda: microscaling.e8m0_value(torch.tensor([300])), ValueError, "one byte"),
 ]
 
 
@@ -283,6 +290,8 @@ def test_layer_names_beyond_the_model_and_float8_tensors(tiny):
         architecture.layer_index(tiny, "model.layers.99.mlp.up_proj")
     assert validate.all_finite(torch.ones(3).to(torch.float8_e4m3fn)) and validate.all_finite(torch.ones(0))
     assert not validate.all_finite(torch.tensor([1.0, NAN]).to(torch.float8_e4m3fn))
+    assert math.isnan(microscaling.e8m0_value(torch.tensor([255])).item())  # the format's NaN, not Inf
+    assert smoothquant.check_alpha(__import__("numpy").float32(0.5)) == 0.5  # a numpy number is a number
 
 
 def test_a_failed_oneshot_keeps_the_folder_it_would_replace(tiny, tmp_path):
