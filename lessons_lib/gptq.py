@@ -119,6 +119,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
     validate.tensor(h, "h (the Hessian)", dims=2, kind="float", todo="compute it with gptq.hessian(inputs)")
     if h.shape != (cols, cols):
         raise validate.BadInput(f"Hessian shape {tuple(h.shape)} does not match the weight's {cols} input features")
+    if not torch.allclose(h, h.T, rtol=1e-4, atol=1e-6 * float(h.abs().max())):  # Cholesky would read one triangle
+        raise validate.BadInput("the Hessian must be symmetric (2 X^T X / n); compute it with gptq.hessian(inputs)")
     _group(group_size, cols)
     damp = validate.number(damp, "damp", 0, 1, hi_open=True, todo="damp is a fraction of the mean Hessian diagonal, "
                                                                   "in [0, 1); 0.01 is the usual choice")

@@ -459,6 +459,9 @@ def random_llama(device: torch.device, shape: dict, dtype: torch.dtype = torch.b
     from transformers import LlamaConfig, LlamaForCausalLM  # noqa: PLC0415
 
     device = validate.device(device)
+    if not isinstance(shape, dict) or not {"hidden_size", "num_hidden_layers"} <= set(shape):
+        raise validate.BadInput(f"shape must be a dict of LlamaConfig sizes with at least hidden_size and "
+                                f"num_hidden_layers (LlamaConfig's defaults build a 6.7B model), got {shape!r}")
     config = LlamaConfig(**shape, tie_word_embeddings=False)
     config._attn_implementation = "sdpa"
     with torch.device(device):

@@ -268,6 +268,9 @@ CASES = [
     ("microscaling.element_values negative", lambda: microscaling.element_values(torch.tensor([-1]), "e2m1"), ValueError,
      "codes run from 0 to 15"),
     ("microscaling.e8m0_value 300", lambda: microscaling.e8m0_value(torch.tensor([300])), ValueError, "one byte"),
+    ("throughput.random_llama no sizes", lambda: throughput.random_llama("cpu", {}), ValueError, "6.7B"),
+    ("gptq.gptq_quantize asymmetric Hessian", lambda: gptq.gptq_quantize(W, torch.eye(64) + torch.triu(torch.ones(64, 64), 1)),
+     ValueError, "symmetric"),
 ]
 
 
