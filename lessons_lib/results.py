@@ -148,6 +148,33 @@ def committed(lesson: str) -> dict:
     return _flat(_load(resource("results", f"{_lesson(lesson)}.json"), f"resources/results/{lesson}.json"))
 
 
+def cross_model(lesson: str):
+    """The committed two-model claims of one lesson (scripts/cross_model.py): outcome and numbers per claim and model."""
+    import pandas as pd
+
+    table = json.loads(resource("results", "cross_model.json").read_text())
+    def verdict(numbers: str) -> str:  # "A beats B: 21.1 vs 27.2, ...": the interval's verdict, where there is one
+        label = numbers.split(": ", 1)[0] if ": " in numbers else ""
+        return next((v for v in ("beats", "loses to", "indistinguishable", "matches within") if f" {v} " in label), "")
+
+    rows = [{"claim": c["claim"], "model": m, "outcome": "held" if c[m]["holds"] else "did not hold",
+             "verdict": verdict(c[m]["numbers"]), "numbers": c[m]["numbers"].split(": ", 1)[-1]}
+            for c in table["claims"] if c["lesson"] == _lesson(lesson) for m in table["models"]]
+    if not rows:
+        raise KeyError(f"resources/results/cross_model.json has no claims of lesson {lesson}; it has lessons "
+                       f"{sorted({c['lesson'] for c in table['claims']})}")
+    made = f"{table['command']} on {table['date']}"
+    return pd.DataFrame(rows).set_index(["claim", "model"]).rename_axis(columns=made)
+
+
+def cross_model_perplexity():
+    """Every run's test perplexity in the committed two-model table: one row per run, one column per model."""
+    import pandas as pd
+
+    table = json.loads(resource("results", "cross_model.json").read_text())
+    return pd.DataFrame({m: {run: s["ppl"] for run, s in info["ppl"].items()} for m, info in table["models"].items()})
+
+
 def committed_settings(lesson: str) -> dict:
     """The settings the committed results of a lesson were measured with (library versions left out)."""
     stored = _load(resource("results", f"{_lesson(lesson)}.json"), f"resources/results/{lesson}.json")

@@ -163,3 +163,17 @@ def test_the_fallback_says_when_the_committed_record_used_other_text(cache, monk
     monkeypatch.setattr(results, "versions", lambda: {**v, "text sets": "f" * 16})
     _, source = results.read_or_committed("04")
     assert source.startswith("committed") and "other text sets" in source
+
+
+def test_the_committed_two_model_table_reads_per_lesson():
+    table = results.cross_model("04")
+    models = set(table.index.get_level_values("model"))
+    assert models == set(results.cross_model_perplexity().columns) and len(models) == 2
+    assert set(table["outcome"]) <= {"held", "did not hold"}
+    assert set(table["verdict"]) <= {"beats", "loses to", "indistinguishable", "matches within", ""}
+    assert not table["numbers"].str.contains("ours GPTQ").any()  # the label that repeats the claim is cut
+    assert results.cross_model_perplexity().loc["fp32"].gt(1).all()
+    with pytest.raises(KeyError, match="has no claims of lesson 09"):
+        results.cross_model("09")
+    with pytest.raises(validate.BadInput, match="two-digit"):
+        results.cross_model("4")
