@@ -20,7 +20,8 @@ def pytest_configure(config):
 
 def pytest_runtest_logreport(report):
     path = report.nodeid.split("::")[0]
-    lane = "smoke lane (every notebook, tiny Gemma 3)" if path.endswith("test_smoke_lane.py") else "unit tests"
+    lane = (f"smoke lane (every notebook, tiny {os.environ.get('QHT_SMOKE_FAMILY', 'gemma3')})"
+            if path.endswith("test_smoke_lane.py") else "unit tests")
     _durations[path if path.endswith(".ipynb") else lane] += report.duration
 
 
