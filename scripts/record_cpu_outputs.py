@@ -39,15 +39,17 @@ def agree(a: list, b: list) -> bool:
     return texts_agree(a, b, SKIP_FIELDS, lambda s: re.sub(r"0x[0-9a-fA-F]+", "0xADDRESS", s))  # tests/sanitize.cfg
 
 
-def record(executed: Path, new_from: str | None = None, notebooks: Path = ROOT / "notebooks") -> None:
-    """Keep each kind's outputs where they differ (see the module's text)."""
+def record(executed: Path, new_from: str | None = None, notebooks: Path = ROOT / "notebooks", primary: bool = False) -> None:
+    """Keep each kind's outputs where they differ (see the module's text); primary=True: every cell then shows this run's
+    outputs (nbval-ignored cells and figures too), so a reader sees one machine's run, and the notebook's qht_cpu is
+    this kind (the old stored outputs stay recorded under their kind wherever they differ)."""
     kind = cpu_kind()
     for run_path in sorted(executed.glob("*.ipynb")):
         path = notebooks / run_path.name
         stored, run = nbformat.read(path, 4), nbformat.read(run_path, 4)
         if [c.source for c in stored.cells] != [c.source for c in run.cells]:
             sys.exit(f"{run_path} was not executed from the current {path.name}: execute it again")
-        primary = stored.metadata.setdefault("qht_cpu", kind)
+        stored_kind = stored.metadata.setdefault("qht_cpu", kind)
         before = old_sources(new_from, path) if new_from else None
         changed = 0
         for old, new in zip(stored.cells, run.cells):
@@ -71,13 +73,18 @@ def record(executed: Path, new_from: str | None = None, notebooks: Path = ROOT /
                 by_cpu[kind] = new.outputs
                 changed += 1
             elif not agree(old.outputs, new.outputs):
-                if kind == primary:  # the stored outputs were this kind's: they are stale, replace them
+                if kind == stored_kind:  # the stored outputs were this kind's: they are stale, replace them
                     old.outputs = new.outputs
                 else:
-                    old.metadata["qht_outputs_by_cpu"] = {primary: old.outputs, kind: new.outputs}
+                    old.metadata["qht_outputs_by_cpu"] = {stored_kind: old.outputs, kind: new.outputs}
                 changed += 1
+        if primary:
+            for old, new in zip(stored.cells, run.cells):
+                if old.cell_type == "code":
+                    old.outputs, old.execution_count = new.outputs, new.execution_count
+            stored.metadata["qht_cpu"] = kind
         nbformat.write(stored, path)
-        print(f"{path.name}: {changed} cells recorded for {kind} (stored outputs: {primary})")
+        print(f"{path.name}: {changed} cells recorded for {kind} (stored outputs: {stored.metadata['qht_cpu']})")
 
 
 def refresh_in_place(paths: list[Path]) -> None:
@@ -98,5 +105,6 @@ if __name__ == "__main__":
     parser.add_argument("executed", type=Path, nargs="+", help="a folder of notebooks executed here, or with --in-place notebooks")
     parser.add_argument("--new-from", help="git revision: cells whose source is not there take the executed outputs")
     parser.add_argument("--in-place", action="store_true", help="the notebooks were executed in place (make execute)")
+    parser.add_argument("--primary", action="store_true", help="the notebooks then show this run's outputs in every cell")
     args = parser.parse_args()
-    refresh_in_place(args.executed) if args.in_place else record(args.executed[0], args.new_from)
+    refresh_in_place(args.executed) if args.in_place else record(args.executed[0], args.new_from, primary=args.primary)

@@ -149,3 +149,8 @@ def test_the_recorder_keeps_both_kinds_where_outputs_differ(tmp_path):
     by_cpu = differs.metadata["qht_outputs_by_cpu"]
     assert by_cpu["ANOTHER CPU"][0]["text"] == "ppl 19.95\n" and by_cpu[cpu_kind()][0]["text"] == "ppl 25.31\n"
     assert differs.outputs[0]["text"] == "ppl 19.95\n" and "qht_outputs_by_cpu" not in agrees.metadata
+    record(tmp_path / "run", notebooks=tmp_path / "stored", primary=True)  # now the notebook shows this machine's run
+    shown = nbf.read(tmp_path / "stored" / "x.ipynb", 4)
+    differs = shown.cells[0]
+    assert shown.metadata["qht_cpu"] == cpu_kind() and differs.outputs[0]["text"] == "ppl 25.31\n"
+    assert differs.metadata["qht_outputs_by_cpu"]["ANOTHER CPU"][0]["text"] == "ppl 19.95\n"  # still compared there
