@@ -134,10 +134,9 @@ def in_vocabulary(model, windows: torch.Tensor) -> torch.Tensor:
     if vocab is not None and windows.numel() and int(windows.max()) >= vocab:
         raise BadInput(f"windows hold token id {int(windows.max())}, but the model's vocabulary has {vocab}: "
                        f"cut them with this model's own tokenizer")
-    config = getattr(model, "config", None)
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    longest = next((v for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
-                    if isinstance(v := getattr(config, k, None), int) and v > 0), None)
+    from .architecture import max_positions  # noqa: PLC0415 (architecture imports this module)
+
+    longest = max_positions(model)
     if longest is not None and windows.shape[-1] > longest:
         raise BadInput(f"windows are {windows.shape[-1]} tokens long, but the model takes at most {longest} positions: "
                        f"cut shorter windows (data.token_windows(tokenizer, split, n, length) with length <= {longest})")
