@@ -219,6 +219,11 @@ def layer_map(model: nn.Module) -> list[list[Group]]:
 @torch.no_grad()
 def fold_into(module: nn.Module, kind: str, s: torch.Tensor, rows: int = 0) -> None:
     """Divide `module`'s output by s in place, the way FOLDS[kind] says (the balance layers multiply by s)."""
+    validate.tensor(s, "s", dims=1, kind="float", todo="one positive scale per channel the module outputs")
+    width = rows or module.weight.shape[0]
+    if s.numel() != width or not bool((s > 0).all()):
+        raise validate.BadInput(f"s must hold {width} positive scales (one per output channel folded), got "
+                                f"{s.numel()}{'' if bool((s > 0).all()) else ' with some <= 0'}")
     if kind == "linear":
         rows = rows or s.numel()
         module.weight.data[-rows:] /= s.view(-1, 1).to(module.weight.dtype)

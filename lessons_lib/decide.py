@@ -1,8 +1,11 @@
 """Choosing a deployment: the rules lesson 09 applies to every candidate, and draws as a flow chart."""
 from __future__ import annotations
 
+import numbers
 import textwrap
 from dataclasses import dataclass
+
+import numpy as np
 
 from . import hardware as hw
 from . import validate
@@ -101,6 +104,13 @@ def _rows(rows) -> list[dict]:
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or any(k not in r for k in need):
             raise validate.BadInput(f"rows[{i}] is not a decide.assess(...) result (it needs {need})")
+        for col, _ in RULES:  # "False" or 0.0 would read as a pass or fail by accident: only real True/False
+            if not isinstance(r[col], (bool, np.bool_)):
+                raise validate.BadInput(f"rows[{i}][{col!r}] must be True or False, got {r[col]!r}: "
+                                        f"build rows with decide.assess(...)")
+        cost = r["$/M tokens"]
+        if isinstance(cost, bool) or not isinstance(cost, numbers.Real) or not cost >= 0:  # inf: never chosen
+            raise validate.BadInput(f"rows[{i}]['$/M tokens'] must be a number >= 0, got {cost!r}")
     return list(rows)
 
 

@@ -522,8 +522,13 @@ def cloze_accuracy(model, tokenizer, items: list[dict], progress: bool | None = 
         raise validate.BadInput("items must be a non-empty list of {'context', 'target'} dicts: data.cloze_items('test')")
     device, hits = _model_device(model), 0
     for item in tqdm(items, desc="cloze", leave=False, **validate.progress(progress)):
-        context = tokenizer(item["context"]).input_ids
-        whole = tokenizer(item["context"] + item["target"]).input_ids
+        if not isinstance(item, dict) or not {"context", "target"} <= item.keys():
+            raise validate.BadInput(f"each item must be a dict with 'context' and 'target', got {item!r:.80}")
+        context = tokenizer(validate.text(item["context"], "item['context']")).input_ids
+        whole = tokenizer(item["context"] + validate.text(item["target"], "item['target']")).input_ids
+        if not context or len(whole) <= len(context):
+            raise validate.BadInput(f"the item {item!r:.80} leaves no context or no target token to score: "
+                                    f"give each item a non-empty context and target")
         ids = torch.tensor([whole], device=device)
         greedy = model(ids).logits[0, len(context) - 1:-1].argmax(-1)
         hits += bool((greedy == ids[0, len(context):]).all())

@@ -85,6 +85,7 @@ def quantize(x: torch.Tensor, fmt: str = "e4m3", granularity: str = "tensor", bl
     """x through FP8 and back: dynamic scales per `granularity`, or a given (static, calibrated) scale."""
     check_float(x, "x")
     s = scales(x, fmt, granularity, block) if scale is None else torch.as_tensor(_scale(scale), dtype=torch.float32)
+    validate.broadcasts(s, x.shape, "scale", "one per-tensor number, or a tensor broadcastable to x (fp8.scales(x, fmt, ...))")
     return cast(x.float() / s, fmt) * s
 
 
@@ -107,7 +108,7 @@ def kv_cache(model, fmt: str = "e4m3", scale: float | None = 1.0, transform=None
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     _dtype(fmt)
-    validate.model(model)
+    validate.causal_lm(model)
     if scale is not None:
         _scale(scale)
     if transform is not None and not callable(transform):

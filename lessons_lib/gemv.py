@@ -29,7 +29,7 @@ except ImportError as e:  # the GPU lane brings its own Triton; the CPU lane pin
     raise ImportError("lesson 08b needs Triton: `pip install triton==3.9.0` (CPU lane, for its interpreter; a "
                       "286 MB wheel), or the Triton that comes with a CUDA build of torch") from e
 
-from . import fp8, kernels  # noqa: E402  (after TRITON_INTERPRET is set)
+from . import fp8, kernels, validate  # noqa: E402  (after TRITON_INTERPRET is set)
 
 ACT_DTYPES = (torch.bfloat16, torch.float16)  # the A16 of W4A16
 TOLERANCE = 1e-2  # relative error against float32 on the same dequantized weight (16-bit output rounding)
@@ -139,6 +139,10 @@ def _pow2_at_least(n: int) -> int:
 def default_config(m: int, n: int, k: int, group_size: int | None = None, programs: int | None = None) -> Config:
     """Tiles for batch m: CUDA-core GEMV up to 4 rows, 16-row tensor-core tiles above; split K until about
     `programs` programs run (4 per GPU multiprocessor; none on a CPU)."""
+    m, n, k = (validate.integer(v, name, lo=1) for v, name in ((m, "m"), (n, "n"), (k, "k")))
+    for v, name in ((group_size, "group_size"), (programs, "programs")):
+        if v is not None:
+            validate.integer(v, name, lo=1)
     block_m = _pow2_at_least(m) if m <= 4 else 16
     block_n = 32 if block_m < 16 else 64
     block_k = 128 // block_m if block_m < 16 else 64  # the GEMV's [M, N, K] product stays about 4k values
@@ -147,7 +151,7 @@ def default_config(m: int, n: int, k: int, group_size: int | None = None, progra
     tiles_n = -(-n // block_n) * -(-m // block_m)
     while programs and tiles_n * split < programs and k // (block_k * split * 2) >= 4:
         split *= 2
-    return Config(block_m, block_n, block_k, split, 4 if block_m < 16 else 4)
+    return Config(block_m, block_n, block_k, split, 4)
 
 
 def _check_x(x: torch.Tensor, k: int) -> None:
@@ -217,6 +221,13 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tenso
     """float32 [N, K] from packed codes and per-group scale and zero ([N, K / group]): (q - 8) * scale + zero."""
     q = unpack_int4(packed).float()
     n, k = q.shape
+    validate.integer(group_size, "group_size", lo=1)
+    groups = (n, -(-k // group_size))
+    for t, name in ((scale, "scale"), (zero, "zero")):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != groups:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise validate.BadInput(f"{name} must be a tensor of shape {groups} (one per row and group of {group_size}),"
+                                    f" got {got}: pass the scale and zero the packing came with (gemv.weight_for(...))")
     s = scale.float().repeat_interleave(group_size, dim=1)[:, :k]
     z = zero.float().repeat_interleave(group_size, dim=1)[:, :k]
     return (q - 8) * s + z

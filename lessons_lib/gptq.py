@@ -64,6 +64,7 @@ def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qm
     check_float(w, "w")
     for t, n in ((scale, "scale"), (zero, "zero")):
         validate.tensor(t, n, kind="float")
+        validate.broadcasts(t, w.shape, n, "one value per row of w, as gptq.grid(w, bits, symmetric) gives")
     if not bool((scale > 0).all()):
         raise validate.BadInput("scale must be positive everywhere: compute it with gptq.grid(w, bits, symmetric)")
     qmin, qmax = validate.integer(qmin, "qmin"), validate.integer(qmax, "qmax")

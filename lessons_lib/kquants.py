@@ -52,6 +52,9 @@ def _check_importance(importance: torch.Tensor | None, cols: int) -> None:
         if importance.shape[0] != cols or bool((importance < 0).any()):
             raise validate.BadInput(f"importance must hold one nonnegative value per input channel ({cols}), "
                                     f"got shape {tuple(importance.shape)}: use kquants.importance_matrix(...)")
+        if not bool((importance > 0).any()):
+            raise validate.BadInput("importance is zero for every input channel, so it weighs nothing: pass None for "
+                                    "plain error, or kquants.importance_matrix(...) measured on real text")
 
 
 def _check(x: torch.Tensor, fmt: str, importance: torch.Tensor | None) -> np.ndarray:

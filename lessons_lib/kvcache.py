@@ -59,6 +59,7 @@ def bits_per_value(fmt: str, head_dim: int, group: int = TOKEN_GROUP) -> float:
     token (over head_dim values) or per channel (over `group` tokens); FP8's per-tensor scale is negligible."""
     bits, keys, _ = FORMATS[validate.choice(fmt, "KV cache format", FORMATS)]
     validate.integer(head_dim, "head_dim", lo=1)
+    validate.integer(group, "group", lo=1)
     if keys in (None, "tensor"):
         return float(bits)
     value_bits = storage_bits(bits, head_dim, 16, 16)

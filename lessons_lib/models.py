@@ -384,7 +384,7 @@ def offline_checkpoint(model_id: str = OFFLINE_MODEL) -> Path:
 def model_id_of(model) -> str:
     """The id a loaded model answers to: an OFFLINE_MODELS key for a converted offline checkpoint, else its hub id or
     folder (config.name_or_path, which transformers sets to what it was loaded from)."""
-    name = str(getattr(_causal_lm(model).config, "name_or_path", "") or "")
+    name = str(getattr(validate.causal_lm(model).config, "name_or_path", "") or "")
     if not name:
         raise validate.BadInput("the model's config does not say where it was loaded from (config.name_or_path is "
                                 "empty): load it with models.load_model() or from_pretrained()")
@@ -487,20 +487,11 @@ def _no_bpe_cleanup(tokenizer):
     return tokenizer
 
 
-def _causal_lm(model):
-    """Refuse anything that is not a transformers model with a config (what load_model returns first)."""
-    validate.model(model)
-    if not hasattr(getattr(model, "config", None), "num_hidden_layers"):
-        raise validate.BadInput("model must be a transformers causal LM with a .config (models.load_model()), "
-                                f"got a {type(model).__name__}")
-    return model
-
-
 def describe(model) -> dict:
     """Architecture facts a lesson needs: layers, widths, heads, vocabulary, parameter count."""
     from .hardware import shape_of  # noqa: PLC0415 (the one reading of a config, whatever the family calls its fields)
 
-    s = shape_of(_causal_lm(model))
+    s = shape_of(validate.causal_lm(model))
     return {"layers": s.layers, "hidden": s.hidden, "mlp": s.mlp, "q_heads": s.q_heads, "kv_heads": s.kv_heads,
             "head_dim": s.head_dim, "vocab": s.vocab, "tied_embeddings": s.tied_embeddings,
             "parameters": sum(p.numel() for p in model.parameters())}
@@ -569,6 +560,18 @@ def prepare(model_id: str) -> tuple[Path, float]:
     """offline_checkpoint(model_id) and the seconds it took (what `python -m lessons_lib.models` runs per model)."""
     start = time.perf_counter()
     return offline_checkpoint(model_id), time.perf_counter() - start
+
+
+def cache_sharing_checkpoints(folder: Path) -> Path:
+    """A new, empty course cache at `folder` that sees the converted offline models (links), nothing else: a run with
+    QHT_CACHE=folder records its results apart from the learner's."""
+    folder = _path(folder, "folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    for spec in OFFLINE_MODELS.values():
+        real = cache_dir() / spec.checkpoint
+        if real.is_dir() and not (folder / spec.checkpoint).exists():
+            (folder / spec.checkpoint).symlink_to(real, target_is_directory=True)
+    return folder
 
 
 def installed_offline_models() -> list[str]:

@@ -54,6 +54,8 @@ def _rows(x: torch.Tensor, granularity: str, group_size: int | None) -> torch.Te
 
 def absmax_scale(rows: torch.Tensor, qmax: float, clip: float = 1.0) -> torch.Tensor:
     """The symmetric scale of each row (last dimension): its largest magnitude, times clip, maps to code qmax."""
+    validate.number(qmax, "qmax", 0, lo_open=True, todo="the largest code, e.g. 127 for 8 bits (2 ** (bits - 1) - 1)")
+    validate.number(clip, "clip", 0, 1, lo_open=True, todo="the fraction of the row's largest magnitude kept, in (0, 1]")
     return (rows.abs().amax(-1, keepdim=True) * clip / qmax).clamp_min(1e-12)  # an all-zero row: a tiny scale
 
 

@@ -127,6 +127,7 @@ def set_cache_length(cache, n: int) -> None:
 
 def new_cache(model, batch: int, max_len: int, device: torch.device):
     """A StaticCache allocated up front for `batch` sequences of up to max_len tokens."""
+    validate.causal_lm(model)
     device = validate.device(device)
     validate.integer(batch, "batch", lo=1)
     validate.integer(max_len, "max_len", lo=1)
@@ -172,7 +173,8 @@ def time_prefill(model, device, batch: int, prompt: int, vocab: int, reps: int =
 
 
 def _timed(model, device, **counts) -> torch.device:
-    """The checks every timer shares: a model, a device torch can use here, whole positive counts."""
+    """The checks every timer shares: a model, a device torch can use here, whole positive counts (new_cache then
+    checks that the model is a causal LM)."""
     validate.model(model)
     for name, v in counts.items():
         validate.integer(v, name, lo=1)
@@ -674,7 +676,7 @@ def decode_profile(model, prompt: int = 64, steps: int = 4) -> dict:
 
     'the rest' is wall time outside any torch op: Python, module calls, dispatch (and the profiler's own cost).
     The linear kernels' bytes / their time is the bandwidth they reach, to set beside the measured read bandwidth."""
-    validate.model(model)
+    validate.causal_lm(model)
     validate.integer(prompt, "prompt", lo=1)
     validate.integer(steps, "steps", lo=1)
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415

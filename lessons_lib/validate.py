@@ -126,6 +126,17 @@ def tensor(x, name: str, *, dims: int | tuple[int, ...] | None = None, kind: str
     return x
 
 
+def broadcasts(t: torch.Tensor, shape: tuple, name: str, todo: str = "") -> torch.Tensor:
+    """A tensor that broadcasts to `shape` without growing it (a scale per row, per block, or one for all)."""
+    try:
+        fits = torch.broadcast_shapes(t.shape, tuple(shape)) == tuple(shape)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise _fail(name, f"broadcastable to {tuple(shape)}", t, todo or "give one value per row ([rows, 1]) or a single value")
+    return t
+
+
 def in_vocabulary(model, windows: torch.Tensor) -> torch.Tensor:
     """Token ids the model's input embedding can look up (ids from another tokenizer fail deep inside it)."""
     token_ids(windows, "windows")
@@ -185,6 +196,15 @@ def model(x, name: str = "model") -> torch.nn.Module:
     if not isinstance(x, torch.nn.Module):
         hint = "load_model returns (model, tokenizer): unpack it" if isinstance(x, tuple) else "load one with models.load_model()"
         raise _fail(name, "a torch.nn.Module", x, hint)
+    return x
+
+
+def causal_lm(x, name: str = "model") -> torch.nn.Module:
+    """A transformers causal LM (a .config and input embeddings), not a bare module such as a Linear or a layer."""
+    model(x, name)
+    if getattr(x, "config", None) is None or not callable(getattr(x, "get_input_embeddings", None)):
+        raise _fail(name, "a transformers causal LM (with a .config and input embeddings)", type(x).__name__,
+                    "pass the model that models.load_model() returns first, not one of its layers")
     return x
 
 

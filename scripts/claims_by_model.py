@@ -100,10 +100,7 @@ def execute(model: str) -> Path:
 
     work = Path(tempfile.mkdtemp(prefix="qht-claims-"))
     cache, run = work / "cache", work / "run"
-    cache.mkdir()
-    for spec in models.OFFLINE_MODELS.values():  # share the converted offline models, nothing else
-        if (models.cache_dir() / spec.checkpoint).is_dir():
-            (cache / spec.checkpoint).symlink_to(models.cache_dir() / spec.checkpoint, target_is_directory=True)
+    models.cache_sharing_checkpoints(cache)
     env = {**os.environ, "QHT_MODEL": model, "QHT_CACHE": str(cache), "QHT_CLAIMS": "report"}
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):  # in lesson order: 05 and 09 read earlier lessons' records
         start = time.perf_counter()

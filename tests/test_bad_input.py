@@ -271,6 +271,23 @@ CASES = [
     ("throughput.random_llama no sizes", lambda: throughput.random_llama("cpu", {}), ValueError, "6.7B"),
     ("gptq.gptq_quantize asymmetric Hessian", lambda: gptq.gptq_quantize(W, torch.eye(64) + torch.triu(torch.ones(64, 64), 1)),
      ValueError, "symmetric"),
+    ("quantize.absmax_scale qmax 0", lambda: quantize.absmax_scale(W, 0), ValueError, "qmax"),
+    ("kquants.weighted_error zero importance", lambda: kquants.weighted_error(W, W * 0.9, torch.zeros(64)), ValueError,
+     "zero for every input channel"),
+    ("fp8.quantize scale of another shape", lambda: fp8.quantize(W, scale=torch.ones(3, 1)), ValueError, "broadcastable"),
+    ("gptq.quantize_column scale of another shape", lambda: gptq.quantize_column(W, torch.ones(3, 1), torch.zeros(3, 1),
+     -8, 7), ValueError, "broadcastable"),
+    ("gemv.dequantize_int4 scale of another shape", lambda: gemv.dequantize_int4(torch.zeros(8, 32, dtype=torch.uint8),
+     torch.ones(8, 3), torch.zeros(8, 2), 32), ValueError, r"shape \(8, 2\)"),
+    ("gemv.default_config negative", lambda: gemv.default_config(-1, 64, 64), ValueError, "m must be"),
+    ("kvcache.bits_per_value group 0", lambda: __import__("lessons_lib.kvcache").kvcache.bits_per_value("int4_kivi", 64, 0),
+     ValueError, "group"),
+    ("decide.choose text as a rule", lambda: decide.choose([{"fits": "False", "fast_enough": True,
+     "accurate_enough": True, "$/M tokens": 1.0}]), ValueError, "True or False"),
+    ("throughput.new_cache a Linear", lambda: throughput.new_cache(torch.nn.Linear(4, 4), 1, 8, "cpu"), ValueError,
+     "causal LM"),
+    ("throughput.decode_profile a Linear", lambda: throughput.decode_profile(torch.nn.Linear(4, 4)), ValueError,
+     "causal LM"),
 ]
 
 
@@ -295,6 +312,23 @@ def test_layer_names_beyond_the_model_and_float8_tensors(tiny):
     assert not validate.all_finite(torch.tensor([1.0, NAN]).to(torch.float8_e4m3fn))
     assert math.isnan(microscaling.e8m0_value(torch.tensor([255])).item())  # the format's NaN, not Inf
     assert smoothquant.check_alpha(__import__("numpy").float32(0.5)) == 0.5  # a numpy number is a number
+
+
+def test_model_only_functions_refuse_a_layer_and_folds_refuse_wrong_scales(tiny):
+    from lessons_lib import architecture, kvcache
+
+    with pytest.raises(validate.BadInput, match="causal LM"):
+        with kvcache.cache(torch.nn.Linear(4, 4), "int8_per_token"):
+            pass
+    with pytest.raises(validate.BadInput, match="32 positive scales"):
+        architecture.fold_into(tiny.model.norm, "norm", torch.ones(31))
+    with pytest.raises(validate.BadInput, match="<= 0"):
+        architecture.fold_into(tiny.model.norm, "norm", -torch.ones(32))
+    with pytest.raises(validate.BadInput, match="non-empty string"):  # an empty context scored 1.0 before
+        evaluate.cloze_accuracy(tiny, FakeTokenizer(), [{"context": "", "target": " word"}])
+    with pytest.raises(validate.BadInput, match="no context or no target"):  # a target the tokenizer drops
+        evaluate.cloze_accuracy(tiny, FakeTokenizer(), [{"context": "a b", "target": "c"}])
+    assert evaluate.cloze_accuracy(tiny, FakeTokenizer(), [{"context": "a b", "target": " c"}]) in (0.0, 1.0)
 
 
 def test_a_failed_oneshot_keeps_the_folder_it_would_replace(tiny, tmp_path):

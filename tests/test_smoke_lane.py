@@ -87,12 +87,7 @@ def tiny_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"tiny-{FAMILY}")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    cache = tmp_path_factory.mktemp("smoke-cache")
-    for spec in models.OFFLINE_MODELS.values():  # the lane's own cache sees the converted offline models
-        real = models.cache_dir() / spec.checkpoint
-        if real.is_dir():
-            (cache / spec.checkpoint).symlink_to(real, target_is_directory=True)
-    return str(folder), cache
+    return str(folder), models.cache_sharing_checkpoints(tmp_path_factory.mktemp("smoke-cache"))
 
 
 @pytest.fixture(scope="module")
