@@ -154,3 +154,42 @@ def test_the_recorder_keeps_both_kinds_where_outputs_differ(tmp_path):
     differs = shown.cells[0]
     assert shown.metadata["qht_cpu"] == cpu_kind() and differs.outputs[0]["text"] == "ppl 25.31\n"
     assert differs.metadata["qht_outputs_by_cpu"]["ANOTHER CPU"][0]["text"] == "ppl 19.95\n"  # still compared there
+
+
+README = NOTEBOOKS[0].parent.parent / "README.md"
+
+
+def _seconds(figure: str) -> float:
+    """'2.5 min' or '18 s' as seconds."""
+    value, unit = figure.split()
+    return float(value) * (60 if unit.startswith("min") else 1)
+
+
+def readme_times() -> dict[str, list[float]]:
+    """Each lesson's CPU times in the README's table (one per kind of host), in seconds, by lesson number."""
+    rows = re.findall(r"^\| (\d\db?) \| .* \| ([\d.]+ (?:min|s)(?: / [\d.]+ (?:min|s))*) \| [^|]* \|$", README.read_text(),
+                      re.M)
+    return {number: [_seconds(f) for f in figures.split(" / ")] for number, figures in rows}
+
+
+def header_range(path) -> tuple[float, float]:
+    """The time range a notebook's first cell states: '**Time:** 2 to 4 minutes' or 'under 10 s', in seconds."""
+    text = nbformat.read(path, as_version=4).cells[0].source
+    m = re.search(r"\*\*Time:\*\* (?:under |([\d.]+) to )([\d.]+) (minutes|s)\b", text)
+    assert m, f"{path.name}: no '**Time:** A to B minutes' (or 'under B s') in its header"
+    scale = 60 if m.group(3) == "minutes" else 1
+    return float(m.group(1) or 0) * scale, float(m.group(2)) * scale
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_header_time_covers_every_time_the_readme_measured(path):
+    """A notebook's stated time holds every measured time of its README row (the table is the one record)."""
+    measured = readme_times()[path.name.split("_")[0]]
+    low, high = header_range(path)
+    assert all(low - 3 <= t <= high + 3 for t in measured), (path.name, (low, high), measured)
+
+
+def test_the_time_parsers_read_what_they_should():
+    assert _seconds("2.5 min") == 150 and _seconds("18 s") == 18
+    assert header_range(NOTEBOOKS[0]) == (120, 240)  # lesson 00: "2 to 4 minutes"
+    assert len(readme_times()) == len(NOTEBOOKS)
