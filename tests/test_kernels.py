@@ -251,3 +251,35 @@ def test_int8_w8a8_float_path_gives_the_int_mm_sums(monkeypatch):
     monkeypatch.delenv("QHT_INT8_MM")
     assert not kernels.fast_int8_cpu()
     assert torch.equal(q(x), on_int_mm)
+
+
+def test_a_new_format_is_one_entry_that_reaches_probe_swap_and_planner(monkeypatch):
+    """Adding a format touches one registry entry: here MXFP4 weights decoded to bf16 before a dense GEMM (the W4A16
+    fallback a GPU without FP4 tensor cores runs), registered in a test only, since no real FP4 kernel runs here."""
+    from lessons_lib import decide, microscaling
+
+    class MXFP4Fallback(kernels.QuantWeight):
+        tensor_names = ("packed", "scales")
+
+        def __init__(self, w, act_dtype):
+            super().__init__(w, act_dtype)
+            self.enc = microscaling.encode(w, "mxfp4")
+            self.packed, self.scales = microscaling.packed(self.enc), self.enc.scales
+
+        def __call__(self, x):
+            return torch.nn.functional.linear(x, self.dequantize().to(self.act_dtype))
+
+        def dequantize(self):
+            return microscaling.decode(self.enc)
+
+    entry = kernels.Format("mxfp4_fallback", 4, 1e-2, "mxfp4", ("bf16", "bf16"), lambda w, act, g: MXFP4Fallback(w, act),
+                           kernels._on((False, "MXFP4 decoded to bf16, then a bf16 GEMM"),
+                                       (False, "MXFP4 decoded to bf16, then a bf16 GEMM")), groups=(32,))
+    monkeypatch.setitem(kernels.FORMATS, entry.name, entry)
+    assert probing.probe("cpu")[entry.name]["passes"]
+    qw = kernels.quantize(entry.name, torch.randn(64, 128))
+    assert qw.nbytes == 64 * 128 // 2 + 64 * 128 // 32  # 4.25 bits per weight: codes and one E8M0 byte per block
+    model = Tiny().eval()
+    kernels.swap_linears(model, entry.name)
+    assert isinstance(model.layers[0].up, kernels.QuantLinear)
+    assert decide.Candidate(entry.name, "H200", 1).storage == "mxfp4"
