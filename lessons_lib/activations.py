@@ -8,7 +8,7 @@ import torch
 from . import validate
 
 
-class _Done(Exception):
+class InputsSeen(Exception):
     """Raised inside a forward pass once every hooked module has seen its input."""
 
 
@@ -31,7 +31,7 @@ def run_with_input_hooks(model, windows: torch.Tensor, hooks: dict[str, Callable
         fn(args[0].detach())
         seen.add(name)
         if stop_early and len(seen) == len(hooks):
-            raise _Done  # every hooked module has had this window's input: the rest of the forward is not needed
+            raise InputsSeen  # every hooked module has had this window's input: the rest of the forward is not needed
 
     handles = [modules[n].register_forward_pre_hook(lambda _m, args, n=n, fn=fn: call(n, fn, args)) for n, fn in hooks.items()]
     try:
@@ -40,7 +40,7 @@ def run_with_input_hooks(model, windows: torch.Tensor, hooks: dict[str, Callable
             seen.clear()
             try:
                 model(window.to(device))
-            except _Done:
+            except InputsSeen:
                 pass
     finally:
         for h in handles:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from . import validate
-from .activations import _Done
+from .activations import InputsSeen
 from .architecture import decoder_layers, groups, layer_inputs
 from .data import check_windows
 from .quantize import check_bits, check_float, divisors_hint
@@ -226,7 +226,7 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
             count[i] += flat.shape[0]
             seen.add(i)
             if len(seen) == len(shared):
-                raise _Done  # every group has this window's input: the rest of the layer (the MLP's output) can wait
+                raise InputsSeen  # every group has this window's input: the rest of the layer (the MLP's output) can wait
 
         hooks = [lins[0].register_forward_pre_hook(lambda _m, a, i=i: accumulate(i, a)) for i, lins in enumerate(shared)]
         try:
@@ -234,7 +234,7 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
                 seen.clear()
                 try:
                     layer(h, **kw)
-                except _Done:
+                except InputsSeen:
                     pass
         finally:
             for handle in hooks:
