@@ -22,6 +22,9 @@ def run_with_input_hooks(model, windows: torch.Tensor, hooks: dict[str, Callable
     if not isinstance(hooks, dict) or not hooks or not all(isinstance(n, str) and callable(f) for n, f in hooks.items()):
         raise validate.BadInput("hooks must be a non-empty dict {module name: function of its input}")
     modules = dict(model.named_modules())
+    if "" in hooks:  # the model itself: its input is the token ids, not a layer's activations
+        raise validate.BadInput("a hook on '' would see the token ids, not a layer's input: pass the whole model and "
+                                "the names of layers inside it (models.linear_weights(model))")
     missing = [n for n in hooks if n not in modules]
     if missing:
         raise validate.UnknownName(f"no modules named {missing}; see models.linear_weights(model) for the names")

@@ -357,7 +357,7 @@ def quantized_widths(model: nn.Module) -> dict[str, int]:
 def group_size(model: nn.Module, most: int = 128) -> tuple[int, str]:
     """The group size for this model and why: `most` (128) where it divides every quantized input width, else 64,
     else the largest power of two that divides them all."""
-    validate.integer(most, "most", lo=1)
+    most = validate.integer(most, "most", lo=1)
     widths = quantized_widths(model)
     for g in (most, 64):
         if all(w % g == 0 for w in widths.values()):

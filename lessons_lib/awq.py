@@ -63,7 +63,7 @@ def salient_channels(model, calib: torch.Tensor, fraction: float = 0.01, by: str
 
     validate.number(fraction, "fraction", 0, 1, lo_open=True, hi_open=True,
                     todo="fraction is a share of input channels in (0, 1), e.g. 0.01")
-    validate.integer(seed, "seed")
+    seed = validate.integer(seed, "seed")
     weights = linear_weights(model)
     if by == "activation":
         score = input_channel_mean(model, check_windows(calib))
@@ -167,9 +167,9 @@ def clip_ratios(w: torch.Tensor, x: torch.Tensor, bits: int, group_size: int, n_
         raise validate.BadInput(f"x's last dimension {x.shape[-1]} must be w's input dimension {w.shape[1]}")
     group_size = _group(group_size, w.shape[1])
     check_bits(bits, True)
-    validate.integer(n_grid, "n_grid", lo=2)
+    n_grid = validate.integer(n_grid, "n_grid", lo=2)
     validate.number(max_shrink, "max_shrink", 0, 1, lo_open=True, hi_open=True)
-    validate.integer(n_tokens, "n_tokens", lo=1)
+    n_tokens = validate.integer(n_tokens, "n_tokens", lo=1)
     x = x.reshape(-1, x.shape[-1])[:: max(1, x.numel() // x.shape[-1] // n_tokens)].float()
     rows, cols = w.shape
     xg = x.reshape(x.shape[0], cols // group_size, group_size)  # [tokens, groups, g]

@@ -25,9 +25,9 @@ def _positive(**values: float) -> None:
 def _timer_args(fn, warmup: int, repeats: int, inner: int) -> None:
     if not callable(fn):
         raise validate.BadInput(f"fn must be a function to time (e.g. lambda: layer(x)), got {type(fn).__name__}")
-    validate.integer(warmup, "warmup", lo=0)
-    validate.integer(repeats, "repeats", lo=4, todo="repeats must be at least 4 to report a spread")
-    validate.integer(inner, "inner", lo=1)
+    warmup = validate.integer(warmup, "warmup", lo=0)
+    repeats = validate.integer(repeats, "repeats", lo=4, todo="repeats must be at least 4 to report a spread")
+    inner = validate.integer(inner, "inner", lo=1)
 
 
 def summarize(samples: Sequence[float]) -> tuple[float, float]:
@@ -180,7 +180,7 @@ class Budget:
 def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int = 256 * 2**20, repeats: int = 20) -> dict:
     """Memory bandwidth from a large device-to-device copy: bytes read + bytes written per second."""
     device = validate.device(device)
-    validate.integer(nbytes, "nbytes", lo=4096)
+    nbytes = validate.integer(nbytes, "nbytes", lo=4096)
     n = nbytes // 4
     src = torch.rand(n, device=device)
     dst = torch.empty_like(src)
@@ -193,7 +193,7 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int = 256 * 2*
 def measure_read_bandwidth(device: str | torch.device = "cpu", nbytes: int = 256 * 2**20, repeats: int = 20) -> dict:
     """Streaming-read bandwidth from a large sum reduction: bytes read per second, what decode does to its weights."""
     device = validate.device(device)
-    validate.integer(nbytes, "nbytes", lo=4096)
+    nbytes = validate.integer(nbytes, "nbytes", lo=4096)
     n = nbytes // 4
     src = torch.rand(n, device=device)
     secs = samples(lambda i: src.sum(), warmup=3, repeats=repeats, device=device)
@@ -227,7 +227,7 @@ def measure_matmul_peak(device: str | torch.device = "cpu", dtype: str = "bf16",
     device = validate.device(device)
     validate.choice(dtype, "matmul dtype", ("fp32", "bf16", "fp16", "int8", "fp8"))
     if n is not None:
-        validate.integer(n, "n", lo=16)
+        n = validate.integer(n, "n", lo=16)
     n = n or (8192 if device.type == "cuda" else 512)  # 512 on a CPU: bf16 without native support runs at ~1 GFLOP/s
     if dtype in ("int8", "fp8"):  # the same capability rules as the weight formats that use these kernels
         require({"int8": "int8_w8a8", "fp8": "fp8_w8a8"}[dtype], device, n, n)

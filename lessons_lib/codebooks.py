@@ -54,7 +54,7 @@ def _blocks(w: torch.Tensor, block: int) -> torch.Tensor:
     from .quantize import check_float
 
     check_float(w, "weight")
-    validate.integer(block, "block", lo=2, todo="a block is a whole number of weights, e.g. 64")
+    block = validate.integer(block, "block", lo=2, todo="a block is a whole number of weights, e.g. 64")
     if w.numel() % block:
         raise ValueError(f"{w.numel()} values do not split into blocks of {block}: choose a block size that divides it")
     return w.detach().double().reshape(-1, block)
@@ -82,9 +82,9 @@ def normalized_blocks(w: torch.Tensor, block: int = 64) -> torch.Tensor:
 def lloyd_max(samples: torch.Tensor, n_levels: int = 16, iters: int = 60, max_samples: int = 2_000_000) -> torch.Tensor:
     """The MSE-optimal codebook for `samples` (1-D k-means / Lloyd-Max), started from evenly spaced quantiles."""
     validate.tensor(samples, "samples", kind="float")
-    validate.integer(n_levels, "n_levels", lo=2)
-    validate.integer(iters, "iters", lo=1)
-    validate.integer(max_samples, "max_samples", lo=2)
+    n_levels = validate.integer(n_levels, "n_levels", lo=2)
+    iters = validate.integer(iters, "iters", lo=1)
+    max_samples = validate.integer(max_samples, "max_samples", lo=2)
     x = samples.detach().double().flatten()
     x = x[:: max(1, x.numel() // max_samples)]  # a regular subsample keeps the fit fast
     if x.numel() < n_levels:
@@ -115,9 +115,9 @@ def bnb_bits_per_weight(blocksize: int = 64, double_quant: bool = False, block2:
     """quantize.storage_bits of bitsandbytes 4-bit: fp32 absmax per block, or 8-bit absmax + one fp32 per block2 of them.
 
     n: the weight count of one tensor, to count its last partial blocks and double quantization's fp32 offset exactly."""
-    validate.integer(blocksize, "blocksize", lo=1)
+    blocksize = validate.integer(blocksize, "blocksize", lo=1)
     validate.flag(double_quant, "double_quant")
-    validate.integer(block2, "block2", lo=1)
+    block2 = validate.integer(block2, "block2", lo=1)
     if n is not None:
         n = validate.integer(n, "n", lo=1)
         blocks = -(-n // blocksize)

@@ -150,7 +150,7 @@ def window_sources(tokenizer, name: str = "test", n_windows: int = 8, length: in
 def mixed_windows(tokenizer, names: list[str], n_windows: int = 16, length: int = 256) -> torch.Tensor:
     """Calibration drawn equally from several text sets: window i comes from names[i % len(names)]."""
     names = validate.texts(names, "names", "pass text set names, e.g. ['calib', 'python_calib']")
-    validate.integer(n_windows, "n_windows", lo=1)
+    n_windows = validate.integer(n_windows, "n_windows", lo=1)
     parts = [token_windows(tokenizer, n, -(-n_windows // len(names)), length) for n in names]
     return torch.stack([parts[i % len(names)][i // len(names)] for i in range(n_windows)])
 
@@ -172,8 +172,8 @@ def check_windows(windows: torch.Tensor, min_tokens: int = MIN_CALIB_TOKENS) -> 
 
 def documents(name: str = "eval", n_docs: int = 4, min_chars: int = 2000) -> list[str]:
     """Split a text set at paragraph breaks into n_docs documents of at least min_chars characters."""
-    validate.integer(n_docs, "n_docs", lo=1)
-    validate.integer(min_chars, "min_chars", lo=1)
+    n_docs = validate.integer(n_docs, "n_docs", lo=1)
+    min_chars = validate.integer(min_chars, "min_chars", lo=1)
     docs, current = [], ""
     for paragraph in load_text(name).split("\n\n"):
         current = f"{current}\n\n{paragraph}" if current else paragraph
@@ -192,6 +192,7 @@ def cloze_items(name: str = "test", n: int = 100, context_chars: int = 600) -> l
     """A last-word task (as LAMBADA) from a split: each paragraph-final word of 4+ letters is a target, the text
     before it (up to context_chars from a word boundary, at least half of it) its context; items drawn in turn from the documents."""
     n = validate.integer(n, "n", lo=1)
+    context_chars = validate.integer(context_chars, "context_chars", lo=1, todo="a context of a few hundred characters")
     docs, per_doc = split_documents(name), []
     for d in docs:
         found = []

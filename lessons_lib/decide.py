@@ -255,6 +255,8 @@ def production_efficiency(measured: dict[str, float]) -> dict[str, float]:
     (formats without a published figure keep torch's measured value)."""
     if not isinstance(measured, dict) or "bf16" not in measured:
         raise validate.BadInput("measured must be decide.kernel_efficiency(...) of a benchmark that measured bf16")
+    for f, v in measured.items():
+        validate.number(v, f"measured[{f!r}]", 0, 1, lo_open=True, todo="an efficiency is a fraction of the floor's speed")
     return {**measured, **{f: min(1.0, ratio * measured["bf16"]) for f, (ratio, *_) in PRODUCTION_KERNELS.items()}}
 
 # The 70B deployments lesson 09 compares (lesson 00's scenario, 16-bit weights on two A100s, first).

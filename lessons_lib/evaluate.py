@@ -19,6 +19,9 @@ from . import validate
 
 def _model_device(model) -> torch.device:
     validate.model(model)
+    if isinstance(model, (torch.nn.Linear, torch.nn.Embedding)) or hasattr(model, "get_output_embeddings") \
+            and model.get_output_embeddings() is None:  # a layer, or the decoder without its head (model.model)
+        validate.causal_lm(model)
     try:
         return next(model.parameters()).device
     except StopIteration:
@@ -190,6 +193,7 @@ def paired_interval(a: torch.Tensor, b: torch.Tensor, exp: bool = False, level: 
                                 f"got shapes {tuple(a.shape)} and {tuple(b.shape)}")
     level = validate.number(level, "level", 0, 1, lo_open=True, hi_open=True)
     resamples = validate.integer(resamples, "resamples", lo=100)
+    validate.flag(exp, "exp")
     ua, ub = _units(a, block), _units(b, block)
     if ua.shape[0] < 2:
         raise validate.BadInput("a paired interval needs at least 2 windows (or blocks): evaluate more windows")
@@ -452,7 +456,9 @@ def compare(a: Scores, b: Scores, measure: str = "ppl", tolerance: float | None 
     diff, low, high = paired_interval(xa, xb, exp=measure == "ppl", level=level, block=block)
     value = {"ppl": lambda s: s.ppl, "nll": lambda s: s.nll.double().mean().item(), "kl": lambda s: s.mean_kl,
              "top1": lambda s: s.top1_agreement}[measure]
-    tol = TOLERANCE[measure] if tolerance is None else validate.number(tolerance, "tolerance", lo=0)
+    tol = TOLERANCE[measure] if tolerance is None else validate.number(
+        tolerance, "tolerance", 0, 1 if measure == "ppl" else None, hi_open=measure == "ppl",
+        todo="for ppl a fraction of the reference's perplexity (0.05 for 5%)" if measure == "ppl" else "")
     tol_units = tol * b.ppl if measure == "ppl" else tol
     units = _units(xa, block).shape[0]
     return Comparison(a.label, b.label, measure, value(a), value(b), diff, low, high, tol_units, units,
@@ -460,12 +466,21 @@ def compare(a: Scores, b: Scores, measure: str = "ppl", tolerance: float | None 
                       "windows" if block is None else f"blocks of {block} tokens")
 
 
-def record_values(scores: dict[str, Scores] | list[Scores], against: str = "fp32") -> dict:
+def record_values(scores: dict[str, Scores] | list[Scores], against: str | None = None) -> dict:
     """What results.record stores for a set of scored models: ppl, its interval, KL and top-1 (when measured), and
-    each one's paired perplexity difference from `against` with its interval: results.record(l, s, **record_values(x))."""
-    scores = {s.label: s for s in scores} if isinstance(scores, (list, tuple)) else scores
+    each one's paired perplexity difference from `against` (default: "fp32" when it is among them) with its interval:
+    results.record(l, s, **record_values(x))."""
+    if isinstance(scores, (list, tuple)):
+        labels = [getattr(s, "label", None) for s in scores]
+        if len(set(labels)) != len(labels):
+            raise validate.BadInput(f"two scores share a label ({labels}): give each model its own label")
+        scores = dict(zip(labels, scores))
     if not isinstance(scores, dict) or not scores or not all(isinstance(s, Scores) for s in scores.values()):
         raise validate.BadInput("scores must be a dict {label: evaluate.score(...)} or a list of them")
+    if against is None:
+        against = "fp32"
+    elif not isinstance(against, str) or against not in scores:
+        raise validate.UnknownName(f"against={against!r} is not among the scores' labels {list(scores)}: name one")
     out = {"ppl": {k: s.ppl for k, s in scores.items()}, "ppl_interval": {k: list(s.ppl_interval()) for k, s in scores.items()}}
     if all(s.kl is not None for s in scores.values()):
         out |= {"kl": {k: s.mean_kl for k, s in scores.items()}, "kl_p99": {k: s.kl_quantile(0.99) for k, s in scores.items()},

@@ -525,7 +525,7 @@ def check_code(key: str, answer, trials: int = 3, seed: int = 0) -> bool:
     if key not in CODE_EXERCISES:
         raise validate.UnknownName(f"unknown code exercise {key!r}; the code exercises are {sorted(CODE_EXERCISES)}")
     ex = CODE_EXERCISES[key]
-    validate.integer(trials, "trials", lo=1, todo="the checker runs the function on at least one fresh input")
+    trials = validate.integer(trials, "trials", lo=1, todo="the checker runs the function on at least one fresh input")
     if answer is None:
         print(f"[{key}] not answered yet. {ex.question}\nHint: {ex.hint}")
         return False

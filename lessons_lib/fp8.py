@@ -61,7 +61,7 @@ def scales(x: torch.Tensor, fmt: str = "e4m3", granularity: str = "tensor", bloc
     check_float(x, "x")
     _dtype(fmt)
     validate.choice(granularity, "granularity", GRANULARITIES)
-    validate.integer(block, "block", lo=1, todo="scaling blocks are a whole number of values, e.g. 128")
+    block = validate.integer(block, "block", lo=1, todo="scaling blocks are a whole number of values, e.g. 128")
     if x.dim() != 2 and granularity != "tensor":
         raise ValueError(f"{granularity} scaling needs a 2-D tensor [rows, columns], got shape {tuple(x.shape)}")
     a = x.float().abs()

@@ -221,13 +221,19 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tenso
     """float32 [N, K] from packed codes and per-group scale and zero ([N, K / group]): (q - 8) * scale + zero."""
     q = unpack_int4(packed).float()
     n, k = q.shape
-    validate.integer(group_size, "group_size", lo=1)
-    groups = (n, -(-k // group_size))
+    group_size = validate.integer(group_size, "group_size", lo=1)
+    if k % group_size:
+        raise validate.BadInput(f"group_size {group_size} must divide the {k} columns the codes unpack to")
+    groups = (n, k // group_size)
     for t, name in ((scale, "scale"), (zero, "zero")):
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != groups:
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise validate.BadInput(f"{name} must be a tensor of shape {groups} (one per row and group of {group_size}),"
                                     f" got {got}: pass the scale and zero the packing came with (gemv.weight_for(...))")
+    validate.tensor(scale, "scale", kind="float")
+    validate.tensor(zero, "zero", kind="float")
+    if not bool((scale > 0).all()):
+        raise validate.BadInput("scale must be positive everywhere: pass the scales the packing came with")
     s = scale.float().repeat_interleave(group_size, dim=1)[:, :k]
     z = zero.float().repeat_interleave(group_size, dim=1)[:, :k]
     return (q - 8) * s + z
@@ -382,7 +388,11 @@ def check(weight, x: torch.Tensor, **launch) -> dict:
 def gemv_bytes(kind: str, batch: int, out_features: int, in_features: int, group_size: int = 128,
                act_bytes: int = 2) -> int:
     """Least bytes a W4A16 or FP8 product moves: every weight byte (codes + scales) once, x read, y written."""
-    n, k = out_features, in_features
+    n, k = (validate.integer(v, name, lo=1) for v, name in ((out_features, "out_features"), (in_features, "in_features")))
+    batch = validate.integer(batch, "batch", lo=1)
+    act_bytes = validate.integer(act_bytes, "act_bytes", lo=1)
+    if kind == "w4a16" and (validate.integer(group_size, "group_size", lo=1) > k or k % group_size):
+        raise KernelError(f"group_size {group_size} must divide in_features {k}")
     if kind == "w4a16":
         weight = n * k // 2 + 2 * n * (k // group_size) * act_bytes  # codes + a 16-bit scale and zero per group
     elif kind == "fp8":

@@ -122,10 +122,13 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
         raise validate.BadInput(f"Hessian shape {tuple(h.shape)} does not match the weight's {cols} input features")
     if not torch.allclose(h, h.T, rtol=1e-4, atol=1e-6 * float(h.abs().max())):  # Cholesky would read one triangle
         raise validate.BadInput("the Hessian must be symmetric (2 X^T X / n); compute it with gptq.hessian(inputs)")
+    if not bool(h.diagonal().any()):  # every column would count as dead and be zeroed
+        raise validate.BadInput("the Hessian is zero on its whole diagonal: no calibration signal reached this layer; "
+                                "check the inputs you captured (activations.capture_inputs) before gptq.hessian")
     _group(group_size, cols)
     damp = validate.number(damp, "damp", 0, 1, hi_open=True, todo="damp is a fraction of the mean Hessian diagonal, "
                                                                   "in [0, 1); 0.01 is the usual choice")
-    validate.integer(block, "block", lo=1)
+    block = validate.integer(block, "block", lo=1)
     validate.flag(act_order, "act_order")
     validate.flag(error_feedback, "error_feedback")
     W = w.detach().float().clone()

@@ -218,9 +218,11 @@ def format_bits_per_weight(fmt: str, group_size: int | None = None, scale_bits: 
     scale per 16 weights, its FP32 tensor scale amortised; MXFP4 4.25: an E8M0 scale per 32)."""
     if group_size is not None and (isinstance(group_size, bool) or not (isinstance(group_size, int) and group_size > 0)):
         raise validate.BadInput(f"group_size must be a positive integer, got {group_size!r}")
-    validate.integer(scale_bits, "scale_bits", lo=0, hi=64)
-    validate.integer(zero_bits, "zero_bits", lo=0, hi=64)
-    if _check_format(fmt) in MICROSCALING:
+    scale_bits = validate.integer(scale_bits, "scale_bits", lo=0, hi=64)
+    zero_bits = validate.integer(zero_bits, "zero_bits", lo=0, hi=64)
+    if _check_format(fmt) in ("fp32", "fp16", "bf16") and group_size is not None:
+        raise validate.BadInput(f"{fmt} stores each weight as itself, with no scales: leave group_size out")
+    if fmt in MICROSCALING:
         block = microscaling.FORMATS[fmt].block
         if group_size not in (None, block) or (scale_bits, zero_bits) != (16, 0):
             raise validate.BadInput(f"{fmt} fixes its blocks ({block} weights) and scale format: leave group_size, "

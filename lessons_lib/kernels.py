@@ -26,7 +26,7 @@ class UnsupportedKernel(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- devices
-def _device(device) -> torch.device:
+def device_named(device) -> torch.device:
     """A device name torch knows ('cpu', 'cuda', 'cuda:1'; whether it is here is for the caller to say)."""
     try:
         return torch.device(device)
@@ -50,7 +50,7 @@ def _cpuinfo(key: str) -> str | None:
 
 def device_name(device: str | torch.device) -> str:
     """The GPU's name, or the CPU model name from /proc/cpuinfo."""
-    device = _device(device)
+    device = device_named(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cuda (no CUDA GPU here)"
     return _cpuinfo("model name") or "cpu"
@@ -180,7 +180,9 @@ class Int8W8A8(_W8A8):
 
     def _store(self, q: torch.Tensor, scale: torch.Tensor, per_token: bool, act_half_range: float) -> None:
         self.q, self.scale = q.contiguous(), scale.float().reshape(1, -1).contiguous()  # scale [1, out]
-        self.per_token, self.act_half_range = per_token, act_half_range
+        self.per_token = validate.flag(per_token, "per_token")
+        self.act_half_range = validate.number(act_half_range, "act_half_range", 1, 127.5,
+                                              todo="the largest activation code: 127, or 127.5 as compressed-tensors")
 
     @classmethod
     def from_codes(cls, q: torch.Tensor, scale: torch.Tensor, act_dtype: torch.dtype = torch.bfloat16,
@@ -297,7 +299,7 @@ class FP8W8A8(_W8A8):
 
     def __init__(self, w: torch.Tensor, act_dtype: torch.dtype, rowwise: bool = True, fast_accum: bool = True):
         super().__init__(w, act_dtype)
-        self.rowwise, self.fast_accum = rowwise, fast_accum
+        self.rowwise, self.fast_accum = validate.flag(rowwise, "rowwise"), validate.flag(fast_accum, "fast_accum")
         self.q, scale = self._act(w)  # lesson 07's scaling recipes
         self.scale = scale.T.contiguous() if rowwise else scale.reshape(())  # [1, out] or a scalar
 
@@ -438,7 +440,11 @@ def unsupported_reason(fmt: str, device: str | torch.device, out_features: int =
         f = format_info(fmt)
     except KeyError as e:
         return e.args[0]
-    device = _device(device)
+    device = device_named(device)
+    out_features = validate.integer(out_features, "out_features", lo=1)
+    in_features = validate.integer(in_features, "in_features", lo=1)
+    if group_size is not None:
+        group_size = validate.integer(group_size, "group_size", lo=1, todo="leave it None for the format's default")
     if device.type not in ("cpu", "cuda"):
         return None if f.is_float else f"{fmt} kernels are only wired up for CPU and CUDA here"
     if device.type == "cuda" and torch.version.cuda is None:
@@ -462,7 +468,7 @@ def require(fmt: str, device: str | torch.device, out_features: int = 256, in_fe
 
 def native_note(fmt: str, device: str | torch.device) -> tuple[bool, str]:
     """(native?, what actually runs) for a format that does run on this device."""
-    return format_info(fmt).notes(_device(device))
+    return format_info(fmt).notes(device_named(device))
 
 
 def quantize(fmt: str, w: torch.Tensor, act_dtype: torch.dtype | None = None, group_size: int | None = None,
@@ -472,7 +478,9 @@ def quantize(fmt: str, w: torch.Tensor, act_dtype: torch.dtype | None = None, gr
     if w.dim() != 2:
         raise ValueError(f"weight must be 2-D [out_features, in_features] like nn.Linear.weight, got shape "
                          f"{tuple(w.shape)}: pass a layer's .weight (reshape a stacked tensor to one matrix first)")
-    device = torch.device(device) if device is not None else w.device
+    device = device_named(device) if device is not None else w.device
+    if act_dtype is not None and act_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise validate.BadInput(f"act_dtype must be torch.float32, torch.bfloat16 or torch.float16, got {act_dtype!r}")
     require(fmt, device, w.shape[0], w.shape[1], group_size)
     f = FORMATS[fmt]
     with torch.no_grad():
@@ -534,6 +542,11 @@ def swap_linears(model: nn.Module, fmt: str, skip: tuple = (), **options) -> dic
 
 def restore_linears(model: nn.Module, originals: dict[str, nn.Linear]) -> None:
     """Put back the Linear layers that swap_linears took out."""
+    validate.model(model)
+    modules = dict(model.named_modules())
+    if not isinstance(originals, dict) or any(not isinstance(n, str) or n not in modules or not n for n in originals):
+        raise validate.BadInput("originals must be the dict that swap_linears(model, ...) returned for this model "
+                                "(names of its swapped layers)")
     for name, lin in originals.items():
         _set_module(model, name, lin)
 

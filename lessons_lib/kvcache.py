@@ -58,8 +58,8 @@ def bits_per_value(fmt: str, head_dim: int, group: int = TOKEN_GROUP) -> float:
     """Mean stored bits per cached number, K and V together: code plus a 16-bit scale and 16-bit zero-point per
     token (over head_dim values) or per channel (over `group` tokens); FP8's per-tensor scale is negligible."""
     bits, keys, _ = FORMATS[validate.choice(fmt, "KV cache format", FORMATS)]
-    validate.integer(head_dim, "head_dim", lo=1)
-    validate.integer(group, "group", lo=1)
+    head_dim = validate.integer(head_dim, "head_dim", lo=1)
+    group = validate.integer(group, "group", lo=1)
     if keys in (None, "tensor"):
         return float(bits)
     value_bits = storage_bits(bits, head_dim, 16, 16)

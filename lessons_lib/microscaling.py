@@ -68,8 +68,8 @@ def scheme(element: str, block: int, scale: str, tensor_scale: bool = False) -> 
     """An emulated block format for experiments (e.g. E2M1 with FP16 scales in blocks of 64)."""
     validate.choice(element, "element format", ELEMENTS)
     validate.choice(scale, "scale format", SCALES)
-    if block not in BLOCKS:
-        raise validate.BadInput(f"block must be one of {BLOCKS}, got {block!r}")
+    if isinstance(block, bool) or not isinstance(block, int) or block not in BLOCKS:
+        raise validate.BadInput(f"block must be one of {BLOCKS} (an int), got {block!r}")
     validate.flag(tensor_scale, "tensor_scale")
     if tensor_scale and scale != "e4m3":
         raise validate.BadInput("a tensor scale only helps E4M3 block scales (their range is narrow): pass scale='e4m3'")
@@ -127,6 +127,7 @@ def _check_input(x: torch.Tensor, s: Scheme) -> torch.Tensor:
 def element_codes(y: torch.Tensor, element: str) -> torch.Tensor:
     """Round y (already divided by its scale) to the element format, ties to even, saturating; return bit patterns."""
     f = ELEMENTS[validate.choice(element, "element format", ELEMENTS)]
+    validate.tensor(y, "y", kind="float", nonempty=False, todo="NaN or Inf has no code in FP4 / FP6: find where it came from")
     magnitudes = f.values()[: 2 ** (f.bits - 1)]
     magnitudes = magnitudes[~magnitudes.isnan()]  # E4M3FN's pattern 0x7F is NaN
     mids = ((magnitudes[1:] + magnitudes[:-1]) / 2).float()  # exact in float32 for these small grids
@@ -229,8 +230,8 @@ def fake_quantize(x: torch.Tensor, fmt: str | Scheme) -> torch.Tensor:
 
 def _check_bit_stream(t, bits, name: str, packed_bytes: bool) -> None:
     """pack_bits' input (codes of `bits` bits) or unpack_bits' (packed bytes): integers in range, whole words per row."""
-    if bits not in (4, 6, 8):
-        raise validate.BadInput(f"bits must be 4, 6 or 8, got {bits!r}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (4, 6, 8):
+        raise validate.BadInput(f"bits must be 4, 6 or 8 (an int), got {bits!r}")
     if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dim() < 1:
         raise validate.BadInput(f"{name} must be an integer tensor with a last dimension (element_codes makes codes), "
                                 f"got {type(t).__name__ if not isinstance(t, torch.Tensor) else t.dtype}")
@@ -300,6 +301,9 @@ def bits_per_weight(fmt: str | Scheme, shape: tuple | None = None) -> float:
     32-bit tensor scale is spread over `shape`'s elements (amortised away when shape is None)."""
     s = _scheme(fmt)
     group = storage_bits(s.element_format.bits, s.block, SCALES[s.scale])
+    if shape is not None and (isinstance(shape, str) or not isinstance(shape, (tuple, list, torch.Size)) or not shape
+                              or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+        raise validate.BadInput(f"shape must be a tensor's shape (whole numbers >= 1), e.g. (4096, 4096), got {shape!r}")
     if shape is None or not s.tensor_scale:
         return group
     return group + 32 / int(np.prod(shape))

@@ -527,6 +527,8 @@ def decoder_linears(model, skip: tuple = ()) -> dict:
     from . import architecture  # noqa: PLC0415
 
     validate.model(model)
+    if isinstance(model, torch.nn.Linear):
+        validate.causal_lm(model)  # a layer is not a model with layers in it: the message says what to pass
     if isinstance(skip, str) or not all(isinstance(s, str) and s for s in skip):
         raise validate.BadInput(f"skip must be a tuple of name parts such as ('down_proj',), got {skip!r}")
     try:
@@ -547,7 +549,7 @@ def linear_weights(model) -> dict:
 def q4_1_grid_fraction(weight: torch.Tensor, block: int = 32) -> float:
     """Fraction of blocks of `block` consecutive inputs whose values all lie on a 16-level grid min + k*step."""
     validate.tensor(weight, "weight", dims=2, kind="float")
-    validate.integer(block, "block", lo=2)
+    block = validate.integer(block, "block", lo=2)
     if weight.shape[-1] % block:
         raise ValueError(f"the input dimension {weight.shape[-1]} is not a multiple of block={block}")
     w = weight.detach().float().reshape(-1, block)

@@ -38,7 +38,7 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, at most `limit` characters."""
     if not isinstance(e, BaseException):
         raise validate.BadInput(f"e must be an exception, got {type(e).__name__}")
-    validate.integer(limit, "limit", lo=1)
+    limit = validate.integer(limit, "limit", lo=1)
     return (str(e).strip().splitlines() or [""])[0][:limit]
 
 

@@ -130,7 +130,7 @@ def rtn_bits_per_weight(bits: int, granularity: str, shape: tuple, group_size: i
     tensor, row or group."""
     check_bits(bits, symmetric)
     validate.choice(granularity, "granularity", GRANULARITIES)
-    validate.integer(scale_bits, "scale_bits", lo=1, hi=64)
+    scale_bits = validate.integer(scale_bits, "scale_bits", lo=1, hi=64)
     validate.flag(float_offset, "float_offset")
     if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 2 or any(
             isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
@@ -162,7 +162,12 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     if a.shape != b.shape:
         raise validate.BadInput(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+    if not bool(b.any()):  # relative to zero is undefined (it printed 2e30)
+        if not bool(a.any()):
+            return 0.0
+        raise validate.BadInput("the reference b is all zeros, so an error relative to it is undefined: compare the "
+                                "absolute error ((a - b).norm()) instead")
+    return ((a - b).norm() / b.norm()).item()
 
 
 @contextmanager

@@ -212,6 +212,8 @@ def check_consistent(records: dict[str, dict], shared: tuple[str, ...] = ("model
     disagree on a `shared` setting; the message names the lesson and the setting."""
     if not isinstance(records, dict) or not records:
         raise validate.BadInput("records must be a dict {lesson: results.read(...) or results.committed(...)}")
+    if isinstance(shared, str) or not isinstance(shared, (tuple, list)):
+        raise validate.BadInput(f"shared must be a tuple of setting names, e.g. ('model',), got {shared!r}")
     for key in shared:
         seen = {lesson: r.get(key) for lesson, r in records.items() if isinstance(r, dict)}
         if len(set(map(repr, seen.values()))) > 1:

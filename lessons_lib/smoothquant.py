@@ -39,6 +39,8 @@ def smoothing_factors(act_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: f
     if act_absmax.shape != w_absmax.shape or act_absmax.dim() != 1:
         raise validate.BadInput(f"one statistic per input channel: act_absmax {tuple(act_absmax.shape)} vs "
                          f"w_absmax {tuple(w_absmax.shape)}")
+    if bool((act_absmax < 0).any()) or bool((w_absmax < 0).any()):
+        raise validate.BadInput("absmax statistics are >= 0: pass smoothquant.activation_absmax(...) and weight_absmax(...)")
     s = act_absmax.clamp(min=1e-5).pow(alpha) / w_absmax.clamp(min=1e-5).pow(1 - alpha)
     return s.clamp(min=1e-5)
 
@@ -74,12 +76,13 @@ def smooth_model(model, stats: dict[str, torch.Tensor], alpha: float, include_do
     check_alpha(alpha)
     if not isinstance(stats, dict) or not stats:
         raise validate.BadInput("stats must be the dict that smoothquant.activation_absmax(model, calib) returns")
-    factors = {}
-    for name, m in _named_mappings(model, include_down):
+    mappings, factors = list(_named_mappings(model, include_down)), {}
+    for name, m in mappings:  # every factor first: a missing or wrong statistic then leaves the model untouched
         if name not in stats:
             raise KeyError(f"no activation statistics for {name}: compute them with activation_absmax(model, calib, "
                            f"include_down={include_down})")
         factors[name] = smoothing_factors(stats[name], weight_absmax(m.balance), alpha)
+    for name, m in mappings:
         fold_scales(m, factors[name])
     return factors
 

@@ -89,7 +89,7 @@ def gemm_point(copies: list, batch: int, bw: float | None, peaks: dict, device: 
     device = validate.device(device)
     if not isinstance(copies, (list, tuple)) or not copies:
         raise validate.BadInput("copies must be a non-empty list of quantized weights (throughput.rotating_copies)")
-    validate.integer(batch, "batch", lo=1)
+    batch = validate.integer(batch, "batch", lo=1)
     qw = copies[0]
     fmt, out_f, in_f = qw.fmt, qw.out_features, qw.in_features
     p = {"format": fmt, "out": out_f, "in": in_f, "batch": batch, "weight_bytes": qw.nbytes,
@@ -129,8 +129,8 @@ def new_cache(model, batch: int, max_len: int, device: torch.device):
     """A StaticCache allocated up front for `batch` sequences of up to max_len tokens."""
     validate.causal_lm(model)
     device = validate.device(device)
-    validate.integer(batch, "batch", lo=1)
-    validate.integer(max_len, "max_len", lo=1)
+    batch = validate.integer(batch, "batch", lo=1)
+    max_len = validate.integer(max_len, "max_len", lo=1)
     from transformers import StaticCache  # noqa: PLC0415
 
     c = model.config
@@ -158,7 +158,7 @@ def step(model, cache, tok: torch.Tensor) -> torch.Tensor:
 def time_prefill(model, device, batch: int, prompt: int, vocab: int, reps: int = 5) -> dict:
     """Prefill of `prompt` tokens, timed `reps` times on a fresh cache length (eager)."""
     device = _timed(model, device, batch=batch, prompt=prompt, vocab=vocab)
-    validate.integer(reps, "reps", lo=4, todo="at least 4 runs to report a spread")
+    reps = validate.integer(reps, "reps", lo=4, todo="at least 4 runs to report a spread")
     cache = new_cache(model, batch, prompt + 8, device)
     ids = torch.randint(0, vocab, (batch, prompt), device=device)
 
@@ -269,7 +269,7 @@ def crossover_batch(out_features: int, in_features: int, weight_bytes: float, ac
     """Smallest batch at which y = x @ W.T takes longer to compute (at peak) than to move (at bandwidth)."""
     for name, v in (("peak_flops", peak_flops), ("bandwidth", bandwidth), ("act_bytes", act_bytes)):
         validate.number(v, name, 0, lo_open=True)
-    validate.integer(most, "most", lo=1)
+    most = validate.integer(most, "most", lo=1)
     for batch in range(1, most + 1):
         flops = bench.gemm_flops(batch, out_features, in_features)
         moved = bench.gemm_bytes(batch, out_features, in_features, weight_bytes, act_bytes, act_bytes)
@@ -288,7 +288,8 @@ DECODE_TARGETS = {"bf16_fraction_of_floor": 0.70, "best_4bit_speedup": 2.5, "fp8
 
 def batch_cap(fmt: str, device: torch.device, decode: bool = False) -> int:
     """The largest batch worth timing for `fmt` on this device type (GEMM sweep, or decode)."""
-    return (DECODE_BATCH_CAP if decode else GEMM_BATCH_CAP).get((torch.device(device).type, fmt), 1 << 30)
+    kernels.format_info(fmt)  # an unknown name is a KeyError naming the formats
+    return (DECODE_BATCH_CAP if decode else GEMM_BATCH_CAP).get((kernels.device_named(device).type, fmt), 1 << 30)
 
 
 def strict_json(o):
@@ -677,8 +678,8 @@ def decode_profile(model, prompt: int = 64, steps: int = 4) -> dict:
     'the rest' is wall time outside any torch op: Python, module calls, dispatch (and the profiler's own cost).
     The linear kernels' bytes / their time is the bandwidth they reach, to set beside the measured read bandwidth."""
     validate.causal_lm(model)
-    validate.integer(prompt, "prompt", lo=1)
-    validate.integer(steps, "steps", lo=1)
+    prompt = validate.integer(prompt, "prompt", lo=1)
+    steps = validate.integer(steps, "steps", lo=1)
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
     device, vocab = next(model.parameters()).device, model.config.vocab_size

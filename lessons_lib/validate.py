@@ -49,7 +49,8 @@ def number(x, name: str, lo: float | None = None, hi: float | None = None, *, lo
 
 
 def integer(x, name: str, lo: int | None = None, hi: int | None = None, todo: str = "") -> int:
-    """A whole number (an int, or a float without fraction; not a bool) in [lo, hi]; returned as int."""
+    """A whole number (an int, or a float without fraction such as in_features / 2; not a bool) in [lo, hi]; returned
+    as int, which callers use in place of x (torch's size arguments refuse 64.0)."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real) or isinstance(x, torch.Tensor):
         raise _fail(name, "a whole number", x, todo or "pass a plain int")
     if not math.isfinite(float(x)) or float(x) != int(x):
@@ -202,9 +203,10 @@ def model(x, name: str = "model") -> torch.nn.Module:
 def causal_lm(x, name: str = "model") -> torch.nn.Module:
     """A transformers causal LM (a .config and input embeddings), not a bare module such as a Linear or a layer."""
     model(x, name)
-    if getattr(x, "config", None) is None or not callable(getattr(x, "get_input_embeddings", None)):
-        raise _fail(name, "a transformers causal LM (with a .config and input embeddings)", type(x).__name__,
-                    "pass the model that models.load_model() returns first, not one of its layers")
+    head = x.get_output_embeddings() if callable(getattr(x, "get_output_embeddings", None)) else None
+    if getattr(x, "config", None) is None or not callable(getattr(x, "get_input_embeddings", None)) or head is None:
+        raise _fail(name, "a transformers causal LM (a .config, input embeddings and an output head)", type(x).__name__,
+                    "pass the model that models.load_model() returns first, not one of its layers or its .model")
     return x
 
 

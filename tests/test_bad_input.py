@@ -83,7 +83,7 @@ CASES = [
      validate.BadInput, "batch_size"),
     ("evaluate.perplexity batch 1.5", lambda: evaluate.perplexity(torch.nn.Linear(2, 2), WINDOWS, batch_size=1.5),
      validate.BadInput, "batch_size"),
-    ("evaluate.perplexity progress str", lambda: evaluate.perplexity(torch.nn.Linear(2, 2), WINDOWS, progress="no"),
+    ("evaluate.perplexity progress str", lambda: evaluate.perplexity(torch.nn.Sequential(torch.nn.Linear(2, 2)), WINDOWS, progress="no"),
      validate.BadInput, "True or False"),
     ("evaluate.perplexity tuple model", lambda: evaluate.perplexity((None, None), WINDOWS), validate.BadInput, "unpack"),
     ("evaluate.bits_per_byte a string", lambda: evaluate.bits_per_byte(torch.nn.Linear(2, 2), FakeTokenizer(), "text"),
@@ -250,7 +250,7 @@ CASES = [
         "02.quantize_per_row", lambda w, bits: w, trials=0), ValueError, "trials"),
     ("exercises.check_code unknown", lambda: __import__("lessons_lib.exercises").exercises.check_code("nope", abs),
      KeyError, "code exercises are"),
-    ("models.decoder_linears skip text", lambda: models.decoder_linears(torch.nn.Linear(2, 2), skip="down_proj"),
+    ("models.decoder_linears skip text", lambda: models.decoder_linears(torch.nn.Sequential(torch.nn.Linear(2, 2)), skip="down_proj"),
      ValueError, "tuple of name parts"),
     ("evaluate.verdict low above high", lambda: evaluate.verdict(0.5, -0.5, 0.01), ValueError, "low <= high"),
     ("evaluate.verdict NaN", lambda: evaluate.verdict(NAN, 1.0, 0.01), ValueError, "low"),
@@ -286,6 +286,49 @@ CASES = [
      "accurate_enough": True, "$/M tokens": 1.0}]), ValueError, "True or False"),
     ("throughput.new_cache a Linear", lambda: throughput.new_cache(torch.nn.Linear(4, 4), 1, 8, "cpu"), ValueError,
      "causal LM"),
+    ("gptq.gptq_quantize zero Hessian", lambda: gptq.gptq_quantize(W, torch.zeros(64, 64)), ValueError,
+     "zero on its whole diagonal"),
+    ("activations.input_channel_mean a Linear", lambda: activations.input_channel_mean(torch.nn.Linear(2, 2), WINDOWS),
+     ValueError, "causal LM"),
+    ("smoothquant.w8a8 a Linear", lambda: smoothquant.w8a8(torch.nn.Linear(2, 2)), ValueError, "causal LM"),
+    ("kernels.quantize per_token text", lambda: kernels.quantize("int8_w8a8", torch.randn(64, 128), per_token="False"),
+     ValueError, "True or False"),
+    ("kernels.quantize act_half_range 1000", lambda: kernels.quantize("int8_w8a8", torch.randn(64, 128),
+     act_half_range=1000), ValueError, "act_half_range"),
+    ("kernels.quantize int8 act_dtype", lambda: kernels.quantize("fp32", torch.randn(64, 128), act_dtype=torch.int8),
+     ValueError, "act_dtype"),
+    ("kernels.quantize group_size 0", lambda: kernels.quantize("int4_weight_only", torch.randn(64, 128), group_size=0),
+     ValueError, "group_size"),
+    ("kernels.restore_linears unknown name", lambda: kernels.restore_linears(torch.nn.Sequential(torch.nn.Linear(2, 2)),
+     {"nope": torch.nn.Linear(2, 2)}), ValueError, "swap_linears"),
+    ("evaluate.paired_interval exp text", lambda: evaluate.paired_interval(torch.rand(8), torch.rand(8), exp="no"),
+     ValueError, "True or False"),
+    ("evaluate.compare ppl tolerance 5", lambda: evaluate.compare(evaluate.Scores("a", torch.rand(4, 8).double() + 2),
+     evaluate.Scores("b", torch.rand(4, 8).double() + 1), tolerance=5), ValueError, "0.05 for 5%"),
+    ("evaluate.record_values against absent", lambda: evaluate.record_values([evaluate.Scores("fp32", torch.rand(4, 8)
+     .double() + 1)], against="fp16"), KeyError, "not among"),
+    ("evaluate.record_values same label", lambda: evaluate.record_values([evaluate.Scores("a", torch.rand(4, 8).double()),
+     evaluate.Scores("a", torch.rand(4, 8).double())]), ValueError, "share a label"),
+    ("results.check_consistent shared text", lambda: results.check_consistent({"98": {"model": "a"}}, shared="model"),
+     ValueError, "tuple of setting names"),
+    ("gemv.dequantize_int4 group 48", lambda: gemv.dequantize_int4(gemv.pack_int4(torch.randint(0, 16, (8, 64))),
+     torch.ones(8, 2), torch.zeros(8, 2), 48), ValueError, "must divide"),
+    ("gemv.gemv_bytes batch 0", lambda: gemv.gemv_bytes("w4a16", 0, 64, 64), ValueError, "batch"),
+    ("smoothquant.smoothing_factors negative", lambda: smoothquant.smoothing_factors(-torch.ones(4), torch.ones(4), 0.5),
+     ValueError, ">= 0"),
+    ("hardware.format_bits_per_weight fp16 group", lambda: hardware.format_bits_per_weight("fp16", 128), ValueError,
+     "no scales"),
+    ("data.cloze_items context 0", lambda: data.cloze_items("test", 2, context_chars=0), ValueError, "context_chars"),
+    ("decide.production_efficiency 2", lambda: decide.production_efficiency({"bf16": 2.0}), ValueError, "fraction"),
+    ("throughput.batch_cap unknown", lambda: throughput.batch_cap("nonsense", torch.device("cpu")), KeyError,
+     "unknown format"),
+    ("quantize.relative_error zero reference", lambda: quantize.relative_error(torch.ones(4), torch.zeros(4)), ValueError,
+     "all zeros"),
+    ("microscaling.element_codes NaN", lambda: microscaling.element_codes(torch.tensor([NAN]), "e2m1"), ValueError,
+     "finite"),
+    ("microscaling.bits_per_weight negative shape", lambda: microscaling.bits_per_weight("nvfp4", (-8, 64)), ValueError,
+     "shape"),
+    ("microscaling.scheme float block", lambda: microscaling.scheme("e2m1", 32.0, "e8m0"), ValueError, "an int"),
     ("throughput.decode_profile a Linear", lambda: throughput.decode_profile(torch.nn.Linear(4, 4)), ValueError,
      "causal LM"),
 ]
@@ -329,6 +372,21 @@ def test_model_only_functions_refuse_a_layer_and_folds_refuse_wrong_scales(tiny)
     with pytest.raises(validate.BadInput, match="no context or no target"):  # a target the tokenizer drops
         evaluate.cloze_accuracy(tiny, FakeTokenizer(), [{"context": "a b", "target": "c"}])
     assert evaluate.cloze_accuracy(tiny, FakeTokenizer(), [{"context": "a b", "target": " c"}]) in (0.0, 1.0)
+
+
+def test_a_failed_smoothing_leaves_the_model_untouched_and_whole_floats_work(tiny):
+    import copy
+
+    model = copy.deepcopy(tiny)
+    stats = smoothquant.activation_absmax(model, torch.randint(0, 64, (8, 32)))
+    stats.pop(sorted(stats)[-1])  # the last layer's statistics are missing
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(KeyError, match="no activation statistics"):
+        smoothquant.smooth_model(model, stats, 0.5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    w = torch.randn(8, 128)  # a size computed with / (128 / 2 = 64.0) is taken as the int it is
+    assert torch.equal(fp8.quantize(w, "e4m3", "block", 64.0), fp8.quantize(w, "e4m3", "block", 64))
+    assert len(codebooks.lloyd_max(torch.randn(1000), 4.0, iters=2)) == 4
 
 
 def test_a_failed_oneshot_keeps_the_folder_it_would_replace(tiny, tmp_path):
