@@ -26,7 +26,7 @@ class UnsupportedKernel(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- devices
-def device_named(device) -> torch.device:
+def as_device(device) -> torch.device:
     """A device name torch knows ('cpu', 'cuda', 'cuda:1'; whether it is here is for the caller to say)."""
     try:
         return torch.device(device)
@@ -50,7 +50,7 @@ def _cpuinfo(key: str) -> str | None:
 
 def device_name(device: str | torch.device) -> str:
     """The GPU's name, or the CPU model name from /proc/cpuinfo."""
-    device = device_named(device)
+    device = as_device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cuda (no CUDA GPU here)"
     return _cpuinfo("model name") or "cpu"
@@ -440,7 +440,7 @@ def unsupported_reason(fmt: str, device: str | torch.device, out_features: int =
         f = format_info(fmt)
     except KeyError as e:
         return e.args[0]
-    device = device_named(device)
+    device = as_device(device)
     out_features = validate.integer(out_features, "out_features", lo=1)
     in_features = validate.integer(in_features, "in_features", lo=1)
     if group_size is not None:
@@ -468,7 +468,7 @@ def require(fmt: str, device: str | torch.device, out_features: int = 256, in_fe
 
 def native_note(fmt: str, device: str | torch.device) -> tuple[bool, str]:
     """(native?, what actually runs) for a format that does run on this device."""
-    return format_info(fmt).notes(device_named(device))
+    return format_info(fmt).notes(as_device(device))
 
 
 def quantize(fmt: str, w: torch.Tensor, act_dtype: torch.dtype | None = None, group_size: int | None = None,
@@ -478,7 +478,7 @@ def quantize(fmt: str, w: torch.Tensor, act_dtype: torch.dtype | None = None, gr
     if w.dim() != 2:
         raise ValueError(f"weight must be 2-D [out_features, in_features] like nn.Linear.weight, got shape "
                          f"{tuple(w.shape)}: pass a layer's .weight (reshape a stacked tensor to one matrix first)")
-    device = device_named(device) if device is not None else w.device
+    device = as_device(device) if device is not None else w.device
     if act_dtype is not None and act_dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise validate.BadInput(f"act_dtype must be torch.float32, torch.bfloat16 or torch.float16, got {act_dtype!r}")
     require(fmt, device, w.shape[0], w.shape[1], group_size)

@@ -289,7 +289,7 @@ DECODE_TARGETS = {"bf16_fraction_of_floor": 0.70, "best_4bit_speedup": 2.5, "fp8
 def batch_cap(fmt: str, device: torch.device, decode: bool = False) -> int:
     """The largest batch worth timing for `fmt` on this device type (GEMM sweep, or decode)."""
     kernels.format_info(fmt)  # an unknown name is a KeyError naming the formats
-    return (DECODE_BATCH_CAP if decode else GEMM_BATCH_CAP).get((kernels.device_named(device).type, fmt), 1 << 30)
+    return (DECODE_BATCH_CAP if decode else GEMM_BATCH_CAP).get((kernels.as_device(device).type, fmt), 1 << 30)
 
 
 def strict_json(o):
