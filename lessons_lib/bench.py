@@ -35,7 +35,7 @@ def summarize(samples: Sequence[float]) -> tuple[float, float]:
     if isinstance(samples, (str, bytes)) or not hasattr(samples, "__len__") or len(samples) < 4:
         raise validate.BadInput("repeats must be at least 4 to report a spread: pass a list of 4 or more numbers")
     for i, v in enumerate(samples):
-        validate.number(v, f"samples[{i}]")
+        validate.number(v, f"samples[{i}]", 0, todo="timings are seconds >= 0")
     q = statistics.quantiles(samples, n=4)
     return statistics.median(samples), q[2] - q[0]
 

@@ -224,6 +224,7 @@ class Scores:
 
     def ppl_interval(self, level: float = LEVEL) -> tuple[float, float]:
         """Bootstrap interval of this model's perplexity alone, resampling windows (wide: window difficulty varies)."""
+        level = validate.number(level, "level", 0, 1, lo_open=True, hi_open=True, todo="a fraction such as 0.95")
         (m,) = _bootstrap_means([_units(self.nll, None)], RESAMPLES, SEED)
         return _interval(torch.exp(m), level)
 

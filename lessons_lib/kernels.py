@@ -69,6 +69,7 @@ def default_act_dtype(fmt: str, device: str | torch.device) -> torch.dtype:
 
 def inner_k_tiles(in_features: int) -> int:
     """Largest tinygemm innerKTiles (8, 4 or 2) that divides the input dimension into 16-wide k-tiles."""
+    in_features = validate.integer(in_features, "in_features", lo=1)
     return next((t for t in (8, 4, 2) if in_features % (16 * t) == 0), 0)
 
 

@@ -137,6 +137,9 @@ def rtn_bits_per_weight(bits: int, granularity: str, shape: tuple, group_size: i
         raise validate.BadInput(f"shape must be a weight's (rows, columns), two positive integers, got {shape!r}")
     rows, cols = shape
     n_scales = {"tensor": 1, "channel": rows, "token": rows}.get(granularity)
+    if n_scales is not None and group_size is not None:  # quantize_rtn refuses the same: groups only with 'group'
+        raise validate.BadInput(f"group_size applies to granularity='group' only, got {granularity!r} with group_size="
+                                f"{group_size}: leave group_size out, or use 'group'")
     if n_scales is None:
         _rows(torch.empty(shape), granularity, group_size)  # validates the group size
         n_scales = rows * cols // group_size

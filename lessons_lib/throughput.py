@@ -183,6 +183,9 @@ def _timed(model, device, **counts) -> torch.device:
 
 def steps_that_fit(seconds_per_step: float, new_tokens: int, max_s: float) -> int:
     """Timed decode steps: new_tokens, fewer when a step is slow (at least 8)."""
+    validate.number(seconds_per_step, "seconds_per_step", 0)
+    new_tokens = validate.integer(new_tokens, "new_tokens", lo=1)
+    validate.number(max_s, "max_s", 0, lo_open=True)
     return max(8, min(new_tokens, int(max_s / max(seconds_per_step, 1e-9))))
 
 
@@ -627,6 +630,10 @@ def decode_vs_floor(model, formats: list, read_bw: float, prompt: int = 64, new_
     The floor is bytes read per token / read_bw (a streaming read, bench.measure_read_bandwidth): the least time a
     step can take if it did nothing but read its weights. Speedups are over the first format (fp32); `base` is the
     model's own format (the others are converted copies); `compiled` is True, False, or the formats to compile."""
+    validate.causal_lm(model)
+    validate.number(read_bw, "read_bw", 0, lo_open=True, todo="bytes per second, from bench.measure_read_bandwidth")
+    if isinstance(formats, str) or not isinstance(formats, (list, tuple)) or not formats:
+        raise validate.BadInput(f"formats must be a non-empty list of kernels.FORMATS names, got {formats!r}")
     device, vocab = next(model.parameters()).device, model.config.vocab_size
     rows = []
     for fmt in formats:

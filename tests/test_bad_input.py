@@ -329,6 +329,13 @@ CASES = [
     ("microscaling.bits_per_weight negative shape", lambda: microscaling.bits_per_weight("nvfp4", (-8, 64)), ValueError,
      "shape"),
     ("microscaling.scheme float block", lambda: microscaling.scheme("e2m1", 32.0, "e8m0"), ValueError, "an int"),
+    ("quantize.rtn_bits_per_weight channel with groups", lambda: quantize.rtn_bits_per_weight(4, "channel", (8, 64),
+     group_size=32), ValueError, "granularity='group' only"),
+    ("throughput.steps_that_fit negative", lambda: throughput.steps_that_fit(-1, 10, 5), ValueError, "seconds_per_step"),
+    ("bench.summarize negative time", lambda: bench.summarize([1.0, 2.0, 3.0, -4.0]), ValueError, ">= 0"),
+    ("evaluate.Scores.ppl_interval 95", lambda: evaluate.Scores("a", torch.rand(4, 8).double()).ppl_interval(95),
+     ValueError, "0.95"),
+    ("kernels.inner_k_tiles 0", lambda: kernels.inner_k_tiles(0), ValueError, "in_features"),
     ("throughput.decode_profile a Linear", lambda: throughput.decode_profile(torch.nn.Linear(4, 4)), ValueError,
      "causal LM"),
 ]
