@@ -503,6 +503,12 @@ def recorded_scores(record: dict, label: str, name: str | None = None) -> Scores
     if not isinstance(record, dict) or label not in record.get("window_nll", {}):
         raise validate.UnknownName(f"no per-window figures for {label!r} in this record: re-run the lesson that "
                                    f"measures it (its record has {sorted(record.get('window_nll', {})) if isinstance(record, dict) else 'nothing'})")
+    values = record["window_nll"][label]
+    if not isinstance(values, list) or not values or not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                             for v in values):
+        raise validate.BadInput(f"the record's window_nll for {label!r} must be a non-empty list of finite numbers: "
+                                f"re-run the lesson that measures it (results.record rewrites it)")
+
     def column(key: str) -> torch.Tensor | None:  # [n_windows, 1]: one mean per window
         return torch.tensor(record[key][label], dtype=torch.float64)[:, None] if label in record.get(key, {}) else None
 

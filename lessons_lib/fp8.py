@@ -44,6 +44,8 @@ def range_report(x: torch.Tensor, fmt: str = "e4m3", scale: float | torch.Tensor
     """Cast x / scale to FP8: share of values that overflow (beyond max), underflow (nonzero -> 0), and the error."""
     check_float(x, "x")
     scale = _scale(scale)
+    if isinstance(scale, torch.Tensor):
+        validate.broadcasts(scale, x.shape, "scale", "one number, or a tensor broadcastable to x (fp8.scales(x, fmt, ...))")
     y = x.float() / scale
     q = cast(y, fmt)
     nonzero = y != 0

@@ -454,6 +454,12 @@ def load_model(model_id: str | None = None, dtype: torch.dtype = torch.float32, 
     dev = resolve_device(device)
     hf_logging.disable_progress_bar()  # loading takes seconds; keep notebook outputs clean
     model_id = model_id or os.environ.get("QHT_MODEL") or OFFLINE_MODEL
+    if model_id.startswith("offline:") and model_id not in OFFLINE_MODELS:
+        raise validate.UnknownName(f"unknown offline model {model_id!r}; choose one of {sorted(OFFLINE_MODELS)} "
+                                   f"(installed here: {installed_offline_models()})")
+    if isinstance(quantization_config, (str, dict)):  # transformers wants a config object, not its name
+        raise validate.BadInput(f"quantization_config must be a transformers config object such as "
+                                f"BitsAndBytesConfig(load_in_4bit=True), got {quantization_config!r}")
     extra = {} if quantization_config is None else {"quantization_config": quantization_config, "device_map": str(dev)}
     if model_id in OFFLINE_MODELS:
         folder = offline_checkpoint(model_id)
