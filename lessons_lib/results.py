@@ -148,11 +148,16 @@ def committed(lesson: str) -> dict:
     return _flat(_load(resource("results", f"{_lesson(lesson)}.json"), f"resources/results/{lesson}.json"))
 
 
+def _cross_model_table() -> dict:
+    """The committed two-model table that scripts/cross_model.py writes."""
+    return json.loads(resource("results", "cross_model.json").read_text())
+
+
 def cross_model(lesson: str):
     """The committed two-model claims of one lesson (scripts/cross_model.py): outcome and numbers per claim and model."""
     import pandas as pd
 
-    table = json.loads(resource("results", "cross_model.json").read_text())
+    table = _cross_model_table()
     def verdict(numbers: str) -> str:  # "A beats B: 21.1 vs 27.2, ...": the interval's verdict, where there is one
         label = numbers.split(": ", 1)[0] if ": " in numbers else ""
         return next((v for v in ("beats", "loses to", "indistinguishable", "matches within") if f" {v} " in label), "")
@@ -171,7 +176,7 @@ def cross_model_perplexity():
     """Every run's test perplexity in the committed two-model table: one row per run, one column per model."""
     import pandas as pd
 
-    table = json.loads(resource("results", "cross_model.json").read_text())
+    table = _cross_model_table()
     return pd.DataFrame({m: {run: s["ppl"] for run, s in info["ppl"].items()} for m, info in table["models"].items()})
 
 
