@@ -117,6 +117,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def layout(layer: nn.Module) -> Layout:
     """The Layout of LAYOUTS that this decoder layer matches; error naming what the closest one lacks."""
     validate.model(layer, "layer")
+    if callable(getattr(layer, "get_input_embeddings", None)):  # a whole model (or its backbone), not one layer
+        raise validate.BadInput(f"pass one decoder layer, not the whole {type(layer).__name__}: "
+                                "architecture.decoder_layers(model)[i]")
     best = None
     for lay in LAYOUTS:
         paths = [lay.attn, *lay.qkv, lay.o, *lay.up, lay.down, lay.attn_norm, lay.mlp_norm] + ([lay.mlp] if lay.mlp else [])
@@ -220,6 +223,12 @@ def layer_map(model: nn.Module) -> list[list[Group]]:
 def fold_into(module: nn.Module, kind: str, s: torch.Tensor, rows: int = 0) -> None:
     """Divide `module`'s output by s in place, the way FOLDS[kind] says (the balance layers multiply by s)."""
     validate.tensor(s, "s", dims=1, kind="float", todo="one positive scale per channel the module outputs")
+    weight = getattr(module, "weight", None)
+    dims = {"linear": 2, "norm": 1, "offset_norm": 1}.get(kind)
+    if dims is not None and not (isinstance(weight, torch.Tensor) and weight.dim() == dims):
+        raise validate.BadInput(f"fold_into(..., {kind!r}) needs a module with a {dims}-D weight (a "
+                                f"{'linear layer' if dims == 2 else 'norm'}), got {type(module).__name__}: use the kind "
+                                f"that architecture.layout(layer) gives this module")
     width = rows or module.weight.shape[0]
     if s.numel() != width or not bool((s > 0).all()):
         raise validate.BadInput(f"s must hold {width} positive scales (one per output channel folded), got "
@@ -291,6 +300,10 @@ def layer_index(model: nn.Module, name: str) -> int:
 def short_name(model: nn.Module, name: str) -> str:
     """`name` with the decoder-layer prefix shortened, as "L5.mlp.down_proj"."""
     i = layer_index(model, name)
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        raise validate.BadInput(f"the model has no module {name!r}; see linear_names(model)") from None
     return f"L{i}.{name[len(layers_path(model)) + len(str(i)) + 2:]}"
 
 
@@ -408,15 +421,17 @@ def sizes(model: nn.Module, eval_windows: int = 8, window: int = 512, calib_wind
     """The requested sizes, cut to fit the model: windows no longer than its context, on a CPU no more tokens than
     CPU_TOKEN_PARAMETERS allows, and enough calibration tokens for a positive-definite GPTQ Hessian."""
     validate.model(model)
-    for v, n in ((eval_windows, "eval_windows"), (window, "window"), (calib_windows, "calib_windows"), (calib_len, "calib_len")):
+    for v, n in ((eval_windows, "eval_windows"), (calib_windows, "calib_windows"), (calib_len, "calib_len")):
         validate.integer(v, n, lo=1)
+    validate.integer(window, "window", lo=2, todo="a window needs two tokens at least: one to predict from and one "
+                     "to predict")
     notes = []
     most = max_positions(model)
     if most is not None and max(window, calib_len) > most:
         notes.append(f"windows cut to the model's {most} positions")
         window, calib_len = min(window, most), min(calib_len, most)
     params = sum(p.numel() for p in model.parameters())
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = validate.device(device) if device is not None else next(model.parameters()).device
     if dev.type == "cpu":
         fit = max(1, int(CPU_TOKEN_PARAMETERS // (params * window)))
         if fit < eval_windows:

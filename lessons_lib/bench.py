@@ -123,7 +123,7 @@ def graph_samples(fn: Callable, args_list: Sequence[tuple], repeats: int = 20, w
 
 def adaptive_repeats(seconds_per_call: float, budget_s: float = 0.25, lo: int = 8, hi: int = 200) -> int:
     """How many timed repeats fit in budget_s, clamped to [lo, hi]."""
-    validate.number(seconds_per_call, "seconds_per_call")
+    validate.number(seconds_per_call, "seconds_per_call", 0, todo="a time per call is >= 0 (0: too short for the clock)")
     _positive(budget_s=budget_s)
     if validate.integer(lo, "lo", lo=1) > validate.integer(hi, "hi", lo=1):
         raise validate.BadInput(f"lo ({lo}) must not exceed hi ({hi})")

@@ -116,7 +116,8 @@ def _rows(rows) -> list[dict]:
 
 def choose(rows: list[dict]) -> dict | None:
     """The candidate that passes every rule at the lowest cost per million tokens (None if none passes)."""
-    _rows(rows)
+    if not _rows(rows):
+        raise validate.BadInput("rows is empty: assess at least one candidate (decide.assess) before choosing")
     passing = [r for r in rows if all(r[col] for col, _ in RULES)]
     return min(passing, key=lambda r: r["$/M tokens"]) if passing else None
 
@@ -222,6 +223,9 @@ def quality_costs(r: dict[str, dict], measure: str = "ppl") -> dict[str, float]:
 def int4_method(r: dict[str, dict]) -> tuple[str, str]:
     """(lesson, label) of the 4-bit weight-only method to ship: GPTQ (lesson 04, its dampening chosen on dev) or AWQ
     (lesson 05), whichever has the lower dev perplexity, so that the test set, which reports its cost, chooses nothing."""
+    if not isinstance(r, dict) or not {"04", "05"} <= set(r) or not all(isinstance(r[k], dict) for k in ("04", "05")):
+        raise validate.BadInput("r must map lessons '04' and '05' to their results (results.read_all_or_committed): "
+                                "run notebooks/04_gptq.ipynb and notebooks/05_awq.ipynb first")
     gptq = r["04"].get("chosen", {}).get("W4")
     dev = {("04", gptq): r["04"].get("dev_ppl", {}).get(gptq), ("05", "ours AWQ W4"): r["05"].get("dev_ppl", {}).get("ours AWQ W4")}
     if None in dev.values() or r["04"].get("dev") != r["05"].get("dev"):

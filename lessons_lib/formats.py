@@ -140,6 +140,13 @@ class IntFormat:
     def values(self) -> torch.Tensor:
         return torch.arange(self.qmin, self.qmax + 1, dtype=torch.float64)
 
+    def round(self, x: torch.Tensor) -> torch.Tensor:
+        """Round x (already divided by its scale) to the nearest code, ties to even, clamped to qmin..qmax (float64)."""
+        x = _as_float(x).double()
+        if bool(x.isnan().any()):
+            raise validate.BadInput(f"{self.name} has no NaN: find where the NaN came from before rounding")
+        return torch.round(x).clamp(self.qmin, self.qmax)
+
 
 FORMATS = {
     "fp32": FloatFormat("FP32", 8, 23, 127, "ieee", "inf", torch.float32),

@@ -76,8 +76,10 @@ def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qm
 def _round(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int,
            out: torch.Tensor | None = None) -> torch.Tensor:
     """quantize_column() without its checks (inside loops whose inputs were checked once), into `out` if given:
-    (clamp(round(w / scale) + zero, qmin, qmax) - zero) * scale."""
+    (clamp(round(w / scale) + zero, qmin, qmax) - zero) * scale; zero=None is a symmetric grid's zero of 0."""
     q = w / scale if out is None else torch.div(w, scale, out=out)
+    if zero is None:
+        return q.round_().clamp_(qmin, qmax).mul_(scale)
     return q.round_().add_(zero).clamp_(qmin, qmax).sub_(zero).mul_(scale)
 
 
@@ -122,15 +124,27 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
         raise validate.BadInput(f"Hessian shape {tuple(h.shape)} does not match the weight's {cols} input features")
     if not torch.allclose(h, h.T, rtol=1e-4, atol=1e-6 * float(h.abs().max())):  # Cholesky would read one triangle
         raise validate.BadInput("the Hessian must be symmetric (2 X^T X / n); compute it with gptq.hessian(inputs)")
-    if not bool(h.diagonal().any()):  # every column would count as dead and be zeroed
-        raise validate.BadInput("the Hessian is zero on its whole diagonal: no calibration signal reached this layer; "
-                                "check the inputs you captured (activations.capture_inputs) before gptq.hessian")
+    _check_signal(h)
     _group(group_size, cols)
     damp = validate.number(damp, "damp", 0, 1, hi_open=True, todo="damp is a fraction of the mean Hessian diagonal, "
                                                                   "in [0, 1); 0.01 is the usual choice")
     block = validate.integer(block, "block", lo=1)
     validate.flag(act_order, "act_order")
     validate.flag(error_feedback, "error_feedback")
+    return _gptq(w, h, bits, group_size, symmetric, act_order, damp, block, error_feedback)
+
+
+def _check_signal(h: torch.Tensor, where: str = "this layer") -> None:
+    """Refuse a Hessian with no signal: zero on its whole diagonal (every column would count as dead and be zeroed)."""
+    if not bool(h.diagonal().any()):
+        raise validate.BadInput(f"the Hessian is zero on its whole diagonal: no calibration signal reached {where}; "
+                                "check the inputs you captured (activations.capture_inputs) before gptq.hessian")
+
+
+def _gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, symmetric: bool, act_order: bool,
+          damp: float, block: int = 128, error_feedback: bool = True) -> GPTQResult:
+    """gptq_quantize() without its checks, for quantize_model, which checked its settings once and built h itself."""
+    rows, cols = w.shape
     W = w.detach().float().clone()
     H = h.double().clone()
     dead = torch.diag(H) == 0  # inputs that never fire: their weights cannot matter
@@ -158,7 +172,8 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, bits: int = 4, group_size: i
         i2 = min(i1 + block, cols)
         W1, E1, h1 = Wt[i1:i2].clone(), torch.zeros(i2 - i1, rows), hinv[i1:i2, i1:i2]
         # one row view per column (iterating a tensor unbinds it): fewer Python-level indexing steps per column
-        for i, (w_i, s_i, z_i, q_i, e_i, d_i) in enumerate(zip(W1, St[i1:i2], Zt[i1:i2], Qt[i1:i2], E1, diag[i1:i2])):
+        zeros = [None] * (i2 - i1) if symmetric else Zt[i1:i2]  # a symmetric grid's zeros are 0: nothing to add
+        for i, (w_i, s_i, z_i, q_i, e_i, d_i) in enumerate(zip(W1, St[i1:i2], zeros, Qt[i1:i2], E1, diag[i1:i2])):
             _round(w_i, s_i, z_i, qmin, qmax, out=q_i)  # checked once above, not per column
             torch.sub(w_i, q_i, out=e_i).div_(d_i)
             if error_feedback:  # push this column's error onto the columns of the block not yet quantized
@@ -210,11 +225,13 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
     check_windows(calib)
     check_bits(bits, symmetric)
     validate.number(damp, "damp", 0, 1, hi_open=True, todo="0.01 is the usual choice")
+    validate.flag(act_order, "act_order")
+    validate.flag(error_feedback, "error_feedback")
     bar = validate.progress(progress)
     for lin in (m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()):
         _group(group_size, lin.in_features)
     hidden, layer_kwargs = decoder_inputs(model, calib)
-    for layer, kwargs in zip(tqdm(decoder_layers(model), desc=f"GPTQ W{bits}", **bar), layer_kwargs):
+    for n, (layer, kwargs) in enumerate(zip(tqdm(decoder_layers(model), desc=f"GPTQ W{bits}", **bar), layer_kwargs)):
         # linears that read one input (q/k/v or a fused qkv; gate/up) share one Hessian: one GPTQ call on their rows
         shared = [g.balance for g in groups(layer)]
         mapped = {id(m) for lins in shared for m in lins}
@@ -244,8 +261,11 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
                 handle.remove()
         for i, lins in enumerate(shared):
             stacked = torch.cat([lin.weight.data.float().cpu() for lin in lins])
-            result = gptq_quantize(stacked, 2 * xtx[i] / count[i], bits, group_size, symmetric, act_order, damp,
-                                   error_feedback=error_feedback)
+            h = validate.tensor(2 * xtx[i] / count[i], "a layer's Hessian", todo="find where the layer's inputs "
+                                "overflowed (NaN or Inf in the model's activations; try float32)")
+            _check_signal(h, f"decoder layer {n} (group {i} of its linears)")
+            result = _gptq(stacked, h, bits, group_size, symmetric, act_order, damp,
+                           error_feedback=error_feedback)  # settings checked above; H is X^T X, symmetric
             for lin, part in zip(lins, result.weight.split([lin.out_features for lin in lins])):
                 lin.weight.data = part.to(lin.weight.device, lin.weight.dtype)
         hidden = [_first(layer(h, **kw)) for h, kw in zip(hidden, kwargs)]

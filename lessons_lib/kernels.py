@@ -93,6 +93,26 @@ class QuantWeight:
         self.out_features, self.in_features = w.shape
         self.act_dtype, self.device = act_dtype, w.device
 
+    any_float = False  # True where the kernel converts activations itself (the W8A8 formats quantize them)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x [batch, in] @ W.T, refused with what to do if x's shape, dtype or device is not the kernel's."""
+        if not (isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[1] == self.in_features
+                and x.device == self.device and (x.dtype == self.act_dtype or self.any_float and x.is_floating_point())):
+            self._refuse(x)
+        return self._matmul(x)
+
+    def _refuse(self, x) -> None:
+        want = "a floating-point" if self.any_float else str(self.act_dtype).replace("torch.", "")
+        got = (f"{tuple(x.shape)} {str(x.dtype).replace('torch.', '')} on {x.device}" if isinstance(x, torch.Tensor)
+               else type(x).__name__)
+        raise validate.BadInput(f"{self.fmt or type(self).__name__} takes x as a [batch, {self.in_features}] {want} "
+                                f"tensor on {self.device}, got {got}: use x.reshape(-1, {self.in_features})"
+                                f".to('{self.device}', {self.act_dtype})")
+
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def dequantize(self) -> torch.Tensor:
         """The float32 [out, in] weight the kernel multiplies by."""
         raise NotImplementedError
@@ -123,7 +143,7 @@ class Dense(QuantWeight):
         super().__init__(w, default_act_dtype(fmt, w.device))
         self.fmt, self.w = fmt, w.to(self.act_dtype).contiguous()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.w)
 
     def dequantize(self) -> torch.Tensor:
@@ -141,7 +161,7 @@ class Int8WeightOnly(QuantWeight):
         r = quantize_rtn(w.float(), 8, "channel", symmetric=True)  # lesson 02's RTN per channel
         self.q, self.scale = r.q.to(torch.int8).contiguous(), r.scale.squeeze(1).to(act_dtype)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         return torch._weight_int8pack_mm(x, self.q, self.scale)
 
     def dequantize(self) -> torch.Tensor:
@@ -152,9 +172,10 @@ class _W8A8(QuantWeight):
     """8-bit weight (scale [1, out] or a scalar) times 8-bit activations: _act(x) -> (codes, scales), _mm the GEMM."""
 
     tensor_names = ("q", "scale")
+    any_float = True
     pad = (1, 1)  # (fewest rows, multiple of) the CUDA GEMM takes: zero rows pad the batch; a CPU takes any
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         m = x.shape[0]
         least, multiple = self.pad if self.device.type == "cuda" else (1, 1)
         rows = max(least, -(-m // multiple) * multiple)
@@ -253,7 +274,7 @@ class Int4WeightOnly(QuantWeight):
             if self.device.type == "cuda" else torch._convert_weight_to_int4pack_for_cpu(q, self.tiles)
         self.codes = q.to(torch.uint8) if keep_codes else None  # only for dequantize(), never for the kernel
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         mm = torch._weight_int4pack_mm if self.device.type == "cuda" else torch._weight_int4pack_mm_for_cpu
         return mm(x.contiguous(), self.packed, self.group_size, self.scales_and_zeros)
 
@@ -279,7 +300,7 @@ class NF4(QuantWeight):
                                                                     blocksize=blocksize, quant_type="nf4")
         self.absmax = self.state.absmax
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         return self.bnb.matmul_4bit(x, self.packed.t(), quant_state=self.state)
 
     def dequantize(self) -> torch.Tensor:

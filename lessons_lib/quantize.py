@@ -195,7 +195,12 @@ def swapped_weights(model, transform, names: list[str] | None = None):
     saved = {n: w.data.clone() for n, w in chosen.items()}
     try:
         for n, w in chosen.items():
-            w.data = (transform[n] if isinstance(transform, dict) else transform)(w.data)
+            new = (transform[n] if isinstance(transform, dict) else transform)(w.data)
+            if not isinstance(new, torch.Tensor) or new.shape != w.shape:
+                raise validate.BadInput(f"transform must return a tensor of the weight's shape {tuple(w.shape)} for "
+                                        f"{n}, got {tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__}"
+                                        ": return the dequantized weight, not codes or a packed layout")
+            w.data = new
         yield model
     finally:
         for n, w in chosen.items():

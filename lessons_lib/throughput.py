@@ -81,7 +81,12 @@ def timing_stats(secs: list) -> dict:
 
 def rate_iqr(work: float, timing: dict) -> float:
     """IQR of work / time, from the time quartiles (1/x maps quartiles to quartiles)."""
-    return work / timing["q1_s"] - work / timing["q3_s"]
+    if not isinstance(timing, dict) or not {"q1_s", "q3_s"} <= set(timing):
+        raise validate.BadInput("timing must be a dict with q1_s and q3_s, as bench.summarize returns")
+    for q in ("q1_s", "q3_s"):
+        validate.number(timing[q], f"timing[{q!r}]", 0, lo_open=True, todo="a time too short for the clock to see "
+                        "has no rate: time more work per call (a larger batch or more repeats)")
+    return validate.number(work, "work", 0) / timing["q1_s"] - work / timing["q3_s"]
 
 
 def gemm_point(copies: list, batch: int, bw: float | None, peaks: dict, device: torch.device, point_s: float = 0.1) -> dict:
@@ -310,7 +315,9 @@ def set_cpu_threads(device: torch.device, threads: int | None = None) -> str:
     Threads that wait on each other at every op stall whenever one of them is descheduled: on a 2-core machine
     already running one busy process, two threads made decode 10-40x slower than one thread.
     """
-    if threads:
+    if threads is not None:
+        threads = validate.integer(threads, "threads", lo=1, todo="pass how many CPU threads torch may use, or None "
+                                   "to leave those other processes need")
         torch.set_num_threads(threads)
         return f"torch CPU threads set to {threads} (--threads)"
     if torch.device(device).type != "cpu" or not hasattr(os, "getloadavg"):

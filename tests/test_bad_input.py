@@ -336,6 +336,22 @@ CASES = [
     ("evaluate.Scores.ppl_interval 95", lambda: evaluate.Scores("a", torch.rand(4, 8).double()).ppl_interval(95),
      ValueError, "0.95"),
     ("kernels.inner_k_tiles 0", lambda: kernels.inner_k_tiles(0), ValueError, "in_features"),
+    ("kernels call float32 x on bf16", lambda: kernels.quantize("bf16", torch.randn(64, 128))(torch.randn(2, 128)),
+     ValueError, "bfloat16"),
+    ("kernels call wrong width", lambda: kernels.quantize("int8_w8a8", torch.randn(64, 128))(torch.randn(2, 64)),
+     ValueError, "[batch, 128]"),
+    ("kernels call 3-D x", lambda: kernels.quantize("fp32", torch.randn(64, 128))(torch.randn(1, 2, 128)), ValueError,
+     "reshape(-1, 128)"),
+    ("throughput.rate_iqr zero time", lambda: throughput.rate_iqr(1e9, {"q1_s": 0.0, "q3_s": 1e-3}), ValueError,
+     "q1_s"),
+    ("throughput.rate_iqr not a timing", lambda: throughput.rate_iqr(1e9, [1e-3]), ValueError, "bench.summarize"),
+    ("throughput.set_cpu_threads -1", lambda: throughput.set_cpu_threads("cpu", -1), ValueError, "threads"),
+    ("decide.choose empty", lambda: decide.choose([]), ValueError, "empty"),
+    ("decide.int4_method empty", lambda: decide.int4_method({}), ValueError, "'04' and '05'"),
+    ("bench.adaptive_repeats negative", lambda: bench.adaptive_repeats(-1), ValueError, ">= 0"),
+    ("kvcache.bytes_per_token dict", lambda: __import__("lessons_lib.kvcache").kvcache.bytes_per_token({}, "fp16"),
+     ValueError, "ModelShape"),
+    ("formats int8 round NaN", lambda: formats.get("int8").round(torch.tensor([NAN])), ValueError, "no NaN"),
     ("models.load_model unknown offline model", lambda: models.load_model("offline:Nonexistent"), KeyError,
      "unknown offline model"),
     ("models.load_model config as text", lambda: models.load_model(None, quantization_config="int4"), ValueError,
@@ -387,6 +403,28 @@ def test_model_only_functions_refuse_a_layer_and_folds_refuse_wrong_scales(tiny)
     with pytest.raises(validate.BadInput, match="no context or no target"):  # a target the tokenizer drops
         evaluate.cloze_accuracy(tiny, FakeTokenizer(), [{"context": "a b", "target": "c"}])
     assert evaluate.cloze_accuracy(tiny, FakeTokenizer(), [{"context": "a b", "target": " c"}]) in (0.0, 1.0)
+
+
+def test_layer_functions_refuse_a_whole_model_a_missing_module_and_the_wrong_fold(tiny):
+    from lessons_lib import architecture
+
+    with pytest.raises(validate.BadInput, match="not the whole LlamaForCausalLM"):
+        awq.layer_mappings(tiny)
+    with pytest.raises(validate.BadInput, match="no module"):
+        architecture.short_name(tiny, "model.layers.1.mlp.nonexistent")
+    assert architecture.short_name(tiny, "model.layers.1.mlp.down_proj") == "L1.mlp.down_proj"
+    with pytest.raises(validate.BadInput, match="2-D weight"):
+        architecture.fold_into(tiny.model.norm, "linear", torch.ones(32))
+    with pytest.raises(validate.BadInput, match="two tokens"):
+        architecture.sizes(tiny, window=1)
+    with pytest.raises(validate.BadInput, match="'cpu' or 'cuda'"):
+        architecture.sizes(tiny, device="gpu")
+    assert formats.get("int8").round(torch.tensor([-300.0, 2.5, 3.5, 200.0])).tolist() == [-128, 2, 4, 127]
+    restored = tiny.model.layers[0].mlp.down_proj.weight.clone()
+    with pytest.raises(validate.BadInput, match="shape"):
+        with quantize.swapped_weights(tiny, lambda w: w.T):
+            pass
+    assert torch.equal(tiny.model.layers[0].mlp.down_proj.weight, restored)  # a refused swap leaves the model as it was
 
 
 def test_a_failed_smoothing_leaves_the_model_untouched_and_whole_floats_work(tiny):
