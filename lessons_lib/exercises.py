@@ -105,6 +105,19 @@ EXERCISES: dict[str, Exercise] = {
         lambda: quantize.rtn_bits_per_weight(4, "group", (4096, 4096), 128) + 32 * 4096 / 4096**2, 1e-9,
         "4 bits of code + 16 bits of scale per 128 weights + 32 bits per input column shared by the layer's 4096 rows.",
     ),
+    "04b.rank_after_3_windows": Exercise(
+        "The largest rank the Hessian of SmolLM2-135M's down_proj can have after 3 calibration windows of 256 tokens "
+        "(hardware.SMOLLM2_135M has the shape).",
+        lambda: min(3 * 256, hw.SMOLLM2_135M.mlp), 0,
+        "Each token adds one rank-1 term x x^T, and the rank cannot exceed the matrix's size [in x in].",
+    ),
+    "04b.windows_70b_down": Exercise(
+        "The fewest calibration windows of 2048 tokens for which the Hessian of Llama-3-70B's down_proj can be full rank "
+        "without dampening (hardware.LLAMA3_70B has the shape).",
+        lambda: math.ceil(hw.LLAMA3_70B.mlp / 2048), 0,
+        "Full rank needs at least as many tokens as down_proj has inputs: the MLP's intermediate width, in windows of "
+        "2048 (round up).",
+    ),
     "05.folded_norm_weight": Exercise(
         "An RMSNorm channel has weight 0.8 and AWQ picks scale s = 2.5 for it. What is the norm's weight after folding?",
         lambda: _folded_norm_weight(0.8, 2.5), 1e-6,

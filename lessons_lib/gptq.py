@@ -231,7 +231,8 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
     for lin in (m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not model.get_output_embeddings()):
         _group(group_size, lin.in_features)
     hidden, layer_kwargs = decoder_inputs(model, calib)
-    for n, (layer, kwargs) in enumerate(zip(tqdm(decoder_layers(model), desc=f"GPTQ W{bits}", **bar), layer_kwargs)):
+    layers = decoder_layers(model)
+    for n, (layer, kwargs) in enumerate(zip(tqdm(layers, desc=f"GPTQ W{bits}", **bar), layer_kwargs)):
         # linears that read one input (q/k/v or a fused qkv; gate/up) share one Hessian: one GPTQ call on their rows
         shared = [g.balance for g in groups(layer)]
         mapped = {id(m) for lins in shared for m in lins}
@@ -268,7 +269,8 @@ def quantize_model(model, calib: torch.Tensor, bits: int = 4, group_size: int | 
                            error_feedback=error_feedback)  # settings checked above; H is X^T X, symmetric
             for lin, part in zip(lins, result.weight.split([lin.out_features for lin in lins])):
                 lin.weight.data = part.to(lin.weight.device, lin.weight.dtype)
-        hidden = [_first(layer(h, **kw)) for h, kw in zip(hidden, kwargs)]
+        if n < len(layers) - 1:  # the next layer's inputs, from this layer quantized (the last one feeds no layer)
+            hidden = [_first(layer(h, **kw)) for h, kw in zip(hidden, kwargs)]
     return model
 
 

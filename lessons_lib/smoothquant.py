@@ -94,6 +94,4 @@ def w8a8(model, per_token: bool = True, act_dtype: torch.dtype = torch.float32) 
     (per_token=True) or one for the whole input (per_token=False). Undo with kernels.restore_linears."""
     validate.model(model)
     validate.flag(per_token, "per_token")
-    if act_dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise validate.BadInput(f"act_dtype must be torch.float32, torch.bfloat16 or torch.float16, got {act_dtype!r}")
-    return kernels.swap_linears(model, "int8_w8a8", act_dtype=act_dtype, per_token=per_token)
+    return kernels.swap_linears(model, "int8_w8a8", act_dtype=act_dtype, per_token=per_token)  # kernels checks act_dtype

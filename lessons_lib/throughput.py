@@ -183,7 +183,21 @@ def _timed(model, device, **counts) -> torch.device:
     validate.model(model)
     for name, v in counts.items():
         validate.integer(v, name, lo=1)
+    _fits(model, counts.get("prompt", 0) + counts.get("new_tokens", 0), counts.get("vocab"))
     return validate.device(device)
+
+
+def _fits(model, positions: int, vocab: int | None = None) -> None:
+    """Refuse more positions than the model's config allows, or random token ids beyond its vocabulary."""
+    most = architecture.max_positions(model)
+    if most is not None and positions > most:
+        raise validate.BadInput(f"{positions} positions (prompt and new tokens) do not fit the model's {most}: "
+                                "time a shorter prompt or fewer new tokens")
+    embed = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+    size = getattr(embed, "num_embeddings", None)
+    if vocab is not None and size is not None and vocab > size:
+        raise validate.BadInput(f"vocab {vocab} is larger than the model's vocabulary of {size}: token ids that large "
+                                "fail inside the embedding; pass model.config.vocab_size")
 
 
 def steps_that_fit(seconds_per_step: float, new_tokens: int, max_s: float) -> int:
@@ -694,6 +708,7 @@ def decode_profile(model, prompt: int = 64, steps: int = 4) -> dict:
     validate.causal_lm(model)
     prompt = validate.integer(prompt, "prompt", lo=1)
     steps = validate.integer(steps, "steps", lo=1)
+    _fits(model, prompt + max(steps, 2))  # two warm-up steps, then the profiled ones, from the same position
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
 
     device, vocab = next(model.parameters()).device, model.config.vocab_size

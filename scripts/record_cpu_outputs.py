@@ -16,6 +16,7 @@ checks, figures without printed text or cells nbval ignores, they are recorded f
 nowhere else until this script runs there.
 """
 import argparse
+import copy
 import re
 import subprocess
 import sys
@@ -67,16 +68,16 @@ def record(executed: Path, new_from: str | None = None, notebooks: Path = ROOT /
                     re.fullmatch(r"<Figure size [^>]*>", t.strip()) for _, t in texts(new.outputs))  # or only a figure
                 old.metadata.pop("qht_outputs_by_cpu", None)  # outputs of the old source are stale on every kind
                 if not plain:
-                    old.metadata["qht_outputs_by_cpu"] = {kind: new.outputs}
+                    old.metadata["qht_outputs_by_cpu"] = {kind: copy.deepcopy(new.outputs)}
                 changed += 1
             elif by_cpu is not None:
-                by_cpu[kind] = new.outputs
+                by_cpu[kind] = copy.deepcopy(new.outputs)
                 changed += 1
             elif not agree(old.outputs, new.outputs):
                 if kind == stored_kind:  # the stored outputs were this kind's: they are stale, replace them
                     old.outputs = new.outputs
                 else:
-                    old.metadata["qht_outputs_by_cpu"] = {stored_kind: old.outputs, kind: new.outputs}
+                    old.metadata["qht_outputs_by_cpu"] = {stored_kind: copy.deepcopy(old.outputs), kind: copy.deepcopy(new.outputs)}
                 changed += 1
         if primary:
             for old, new in zip(stored.cells, run.cells):
@@ -94,7 +95,7 @@ def refresh_in_place(paths: list[Path]) -> None:
         nb = nbformat.read(path, 4)
         cells = [c for c in nb.cells if c.cell_type == "code" and "qht_outputs_by_cpu" in c.metadata]
         for c in cells:
-            c.metadata["qht_outputs_by_cpu"][kind] = c.outputs
+            c.metadata["qht_outputs_by_cpu"][kind] = copy.deepcopy(c.outputs)
         if cells:
             nbformat.write(nb, path)
             print(f"{path.name}: {len(cells)} cells recorded per CPU kind now hold this {kind} run's outputs too")

@@ -158,7 +158,7 @@ CASES = [
     ("smoothquant.smoothing_factors shapes", lambda: smoothquant.smoothing_factors(torch.ones(3), torch.ones(4), 0.5),
      ValueError, "one statistic per input channel"),
     ("smoothquant.weight_absmax empty", lambda: smoothquant.weight_absmax([]), ValueError, "non-empty list"),
-    ("smoothquant.w8a8 int act", lambda: smoothquant.w8a8(torch.nn.Linear(2, 2), act_dtype=torch.int8), ValueError,
+    ("smoothquant.w8a8 int act", lambda: smoothquant.w8a8(torch.nn.Sequential(torch.nn.Linear(2, 2)), act_dtype=torch.int8), ValueError,
      "act_dtype"),
     # activations
     ("activations.channel_absmax list", lambda: activations.channel_absmax([1.0, 2.0]), ValueError, "torch.Tensor"),
@@ -419,6 +419,12 @@ def test_layer_functions_refuse_a_whole_model_a_missing_module_and_the_wrong_fol
         architecture.sizes(tiny, window=1)
     with pytest.raises(validate.BadInput, match="'cpu' or 'cuda'"):
         architecture.sizes(tiny, device="gpu")
+    with pytest.raises(validate.BadInput, match="do not fit the model's 64"):
+        throughput.time_prefill(tiny, "cpu", 1, 100, 64)
+    with pytest.raises(validate.BadInput, match="vocabulary of 64"):
+        throughput.time_decode_eager(tiny, "cpu", 1, 8, 4, 1000)
+    with pytest.raises(validate.BadInput, match="do not fit"):
+        throughput.decode_profile(tiny, prompt=63, steps=4)
     assert formats.get("int8").round(torch.tensor([-300.0, 2.5, 3.5, 200.0])).tolist() == [-128, 2, 4, 127]
     restored = tiny.model.layers[0].mlp.down_proj.weight.clone()
     with pytest.raises(validate.BadInput, match="shape"):
