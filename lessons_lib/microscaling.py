@@ -68,8 +68,9 @@ def scheme(element: str, block: int, scale: str, tensor_scale: bool = False) -> 
     """An emulated block format for experiments (e.g. E2M1 with FP16 scales in blocks of 64)."""
     validate.choice(element, "element format", ELEMENTS)
     validate.choice(scale, "scale format", SCALES)
-    if isinstance(block, bool) or not isinstance(block, int) or block not in BLOCKS:
-        raise validate.BadInput(f"block must be one of {BLOCKS} (an int), got {block!r}")
+    block = validate.integer(block, "block", todo=f"pass one of {BLOCKS}")  # a whole float (64 / 2) is its int
+    if block not in BLOCKS:
+        raise validate.BadInput(f"block must be one of {BLOCKS}, got {block!r}")
     validate.flag(tensor_scale, "tensor_scale")
     if tensor_scale and scale != "e4m3":
         raise validate.BadInput("a tensor scale only helps E4M3 block scales (their range is narrow): pass scale='e4m3'")
@@ -228,10 +229,12 @@ def fake_quantize(x: torch.Tensor, fmt: str | Scheme) -> torch.Tensor:
     return decode(encode(x, fmt)).to(x.dtype)
 
 
-def _check_bit_stream(t, bits, name: str, packed_bytes: bool) -> None:
-    """pack_bits' input (codes of `bits` bits) or unpack_bits' (packed bytes): integers in range, whole words per row."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (4, 6, 8):
-        raise validate.BadInput(f"bits must be 4, 6 or 8 (an int), got {bits!r}")
+def _check_bit_stream(t, bits, name: str, packed_bytes: bool) -> int:
+    """pack_bits' input (codes of `bits` bits) or unpack_bits' (packed bytes): integers in range, whole words per row;
+    returns bits as an int."""
+    bits = validate.integer(bits, "bits", todo="pass 4, 6 or 8")
+    if bits not in (4, 6, 8):
+        raise validate.BadInput(f"bits must be 4, 6 or 8, got {bits!r}")
     if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dim() < 1:
         raise validate.BadInput(f"{name} must be an integer tensor with a last dimension (element_codes makes codes), "
                                 f"got {type(t).__name__ if not isinstance(t, torch.Tensor) else t.dtype}")
@@ -242,12 +245,13 @@ def _check_bit_stream(t, bits, name: str, packed_bytes: bool) -> None:
                                 f"hold whole {bits}-bit words: pad the row first")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) > most):
         raise validate.BadInput(f"{name} must lie in 0..{most} for {bits}-bit packing, got {int(t.min())}..{int(t.max())}")
+    return bits
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Codes of `bits` bits as a little-endian bit stream per row: 4-bit pairs share a byte (first in the low nibble),
     four 6-bit codes fill three bytes. Returns uint8 [..., width * bits / 8]."""
-    _check_bit_stream(codes, bits, "codes", packed_bytes=False)
+    bits = _check_bit_stream(codes, bits, "codes", packed_bytes=False)
     if bits == 8:
         return codes.to(torch.uint8).clone()
     per = 2 if bits == 4 else 4
@@ -260,7 +264,7 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_bits(packed_: torch.Tensor, bits: int) -> torch.Tensor:
     """The inverse of pack_bits."""
-    _check_bit_stream(packed_, bits, "packed", packed_bytes=True)
+    bits = _check_bit_stream(packed_, bits, "packed", packed_bytes=True)
     if bits == 8:
         return packed_.clone()
     per, n_bytes = (2, 1) if bits == 4 else (4, 3)

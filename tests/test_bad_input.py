@@ -328,7 +328,7 @@ CASES = [
      "finite"),
     ("microscaling.bits_per_weight negative shape", lambda: microscaling.bits_per_weight("nvfp4", (-8, 64)), ValueError,
      "shape"),
-    ("microscaling.scheme float block", lambda: microscaling.scheme("e2m1", 32.0, "e8m0"), ValueError, "an int"),
+    ("microscaling.scheme fractional block", lambda: microscaling.scheme("e2m1", 32.5, "e8m0"), ValueError, "whole number"),
     ("quantize.rtn_bits_per_weight channel with groups", lambda: quantize.rtn_bits_per_weight(4, "channel", (8, 64),
      group_size=32), ValueError, "granularity='group' only"),
     ("throughput.steps_that_fit negative", lambda: throughput.steps_that_fit(-1, 10, 5), ValueError, "seconds_per_step"),
@@ -446,6 +446,7 @@ def test_a_failed_smoothing_leaves_the_model_untouched_and_whole_floats_work(tin
     w = torch.randn(8, 128)  # a size computed with / (128 / 2 = 64.0) is taken as the int it is
     assert torch.equal(fp8.quantize(w, "e4m3", "block", 64.0), fp8.quantize(w, "e4m3", "block", 64))
     assert len(codebooks.lloyd_max(torch.randn(1000), 4.0, iters=2)) == 4
+    assert microscaling.scheme("e2m1", 32.0, "e8m0") == microscaling.scheme("e2m1", 32, "e8m0")  # as validate.integer
 
 
 def test_a_failed_oneshot_keeps_the_folder_it_would_replace(tiny, tmp_path):
