@@ -124,6 +124,18 @@ def test_lesson_09_never_mixes_two_models_records(cache):
     assert len({r["model"] for r in recorded.values()}) == 1 and all("one model" in s for s in source.values())
 
 
+def test_lesson_09_never_mixes_this_machines_records_with_the_course_machines(cache):
+    """Lesson 04 run here, lesson 03 not: both committed (fp32 itself differs between kinds of CPU), and it says which."""
+    model, ev = results.committed("04")["model"], "8x512"
+    _local_copy("04")
+    recorded, source = results.read_all_or_committed(("03", "04"), model=model, eval=ev)
+    assert all(s.startswith("committed") and "one machine" in s and "lessons 03)" in s for s in source.values())
+    assert recorded == {k: results.committed(k) for k in ("03", "04")}
+    _local_copy("03")
+    recorded, source = results.read_all_or_committed(("03", "04"), model=model, eval=ev)
+    assert set(source.values()) == {"this machine"}
+
+
 def test_quality_costs_refuses_records_made_with_other_settings():
     recorded = {k: results.committed(k) for k in ("03", "04", "05", "06", "07")}
     base = decide.quality_costs(recorded)
