@@ -64,7 +64,8 @@ def _check_fraction(usable_fraction: float) -> None:
                     todo="the share of GPU memory the server may use, e.g. 0.9")
 
 
-def _check_shape(shape) -> "ModelShape":
+def check_shape(shape) -> "ModelShape":
+    """shape itself if it is a ModelShape, else an error saying where to get one."""
     if not isinstance(shape, ModelShape):
         raise validate.BadInput(f"shape must be a hardware.ModelShape (e.g. hardware.LLAMA3_70B or shape_of(model)), "
                                 f"got {shape!r}")
@@ -287,14 +288,14 @@ def valid_tensor_parallel(shape: "ModelShape", n: int) -> bool:
     The rule of vLLM's ModelConfig.verify_with_parallel_config ("Total number of attention heads must be divisible
     by tensor parallel size") and of its attention layers (vllm/model_executor/models/llama.py: KV heads >= tp:
     kv_heads % tp == 0, else tp % kv_heads == 0)."""
-    _check_shape(shape)
+    check_shape(shape)
     _check_count(n=n)
     return shape.q_heads % n == 0 and (shape.kv_heads % n == 0 or n % shape.kv_heads == 0)
 
 
 def tensor_parallel_sizes(shape: "ModelShape") -> list[int]:
     """Every tensor-parallel size vLLM accepts for this model (valid_tensor_parallel), smallest first."""
-    _check_shape(shape)
+    check_shape(shape)
     return [n for n in range(1, shape.q_heads + 1) if valid_tensor_parallel(shape, n)]
 
 

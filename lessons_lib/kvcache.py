@@ -69,5 +69,5 @@ def bits_per_value(fmt: str, head_dim: int, group: int = TOKEN_GROUP) -> float:
 
 def bytes_per_token(shape: hw.ModelShape, fmt: str) -> float:
     """KV cache bytes per token over all layers (hardware's count of K and V values x bits_per_value / 8)."""
-    hw._check_shape(shape)  # noqa: SLF001 (the one check of a shape, shared with hardware's planners)
+    hw.check_shape(shape)
     return shape.kv_bytes_per_token("fp16") / 2 * bits_per_value(fmt, shape.head_dim) / 8

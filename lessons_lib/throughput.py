@@ -193,8 +193,7 @@ def _fits(model, positions: int, vocab: int | None = None) -> None:
     if most is not None and positions > most:
         raise validate.BadInput(f"{positions} positions (prompt and new tokens) do not fit the model's {most}: "
                                 "time a shorter prompt or fewer new tokens")
-    embed = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
-    size = getattr(embed, "num_embeddings", None)
+    size = validate.vocab_size(model)
     if vocab is not None and size is not None and vocab > size:
         raise validate.BadInput(f"vocab {vocab} is larger than the model's vocabulary of {size}: token ids that large "
                                 "fail inside the embedding; pass model.config.vocab_size")

@@ -138,11 +138,17 @@ def broadcasts(t: torch.Tensor, shape: tuple, name: str, todo: str = "") -> torc
     return t
 
 
+def vocab_size(m: torch.nn.Module) -> int | None:
+    """How many token ids a model's input embedding can look up (its config's count if it has no embedding)."""
+    model(m)
+    embed = m.get_input_embeddings() if callable(getattr(m, "get_input_embeddings", None)) else None
+    return getattr(embed, "num_embeddings", None) or getattr(getattr(m, "config", None), "vocab_size", None)
+
+
 def in_vocabulary(model, windows: torch.Tensor) -> torch.Tensor:
     """Token ids the model's input embedding can look up (ids from another tokenizer fail deep inside it)."""
     token_ids(windows, "windows")
-    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    vocab = getattr(embed, "num_embeddings", None) or getattr(getattr(model, "config", None), "vocab_size", None)
+    vocab = vocab_size(model)
     if vocab is not None and windows.numel() and int(windows.max()) >= vocab:
         raise BadInput(f"windows hold token id {int(windows.max())}, but the model's vocabulary has {vocab}: "
                        f"cut them with this model's own tokenizer")
